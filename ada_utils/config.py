@@ -1,0 +1,89 @@
+"""Project paths, seeding, devices and the provenance facts every result records.
+
+Paths are resolved from the repository root (the folder holding ``pyproject.toml``), so notebooks opened in
+JupyterLab from ``notebooks/``, papermill runs from the root and the CLI all read and write the same folders.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+
+@lru_cache(maxsize=1)
+def repo_root() -> Path:
+    """The repository root: the closest folder upwards (from cwd, then from this file) with ``pyproject.toml``.
+
+    ``ADA_ROOT`` overrides it, for users who install the package elsewhere and keep data in another folder.
+    """
+    if os.environ.get("ADA_ROOT"):
+        return Path(os.environ["ADA_ROOT"]).resolve()
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for folder in (start, *start.parents):
+            if (folder / "pyproject.toml").is_file() and (folder / "ada_utils").is_dir():
+                return folder
+    return Path.cwd()
+
+
+def cache_dir() -> Path:
+    """Feature caches and fetched photo packages (gitignored)."""
+    return repo_root() / "cache"
+
+
+def runs_dir() -> Path:
+    """Hand-off folder between notebooks: ``runs/<notebook>/<variant>-seed<k>/`` (gitignored)."""
+    return repo_root() / "runs"
+
+
+def data_dir() -> Path:
+    """Generated benchmarks (gitignored)."""
+    return repo_root() / "data"
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) from one integer."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto"):
+    """``"auto"`` picks CUDA when available, else CPU; any other string is passed to ``torch.device``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use device='cpu' or 'auto'.")
+    return dev
+
+
+def hardware() -> str:
+    """A one-line description of the compute that produced a result (recorded beside every metric)."""
+    import torch
+
+    cpu = f"CPU: {os.cpu_count()} cores {platform.machine()}, torch threads {torch.get_num_threads()}"
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}; {cpu}"
+    return cpu
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape numerical results."""
+    names = ["ada-utils", "torch", "torchvision", "timm", "numpy", "scikit-learn", "faiss-cpu", "papermill"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
