@@ -31,19 +31,32 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+def work_dir() -> Path:
+    """Where generated data, feature caches and runs go: the repo root, or ``ADA_WORK`` when set.
+
+    The test suite sets ``ADA_WORK`` to a temporary folder so that smoke runs never overwrite the book's runs.
+    """
+    return Path(os.environ["ADA_WORK"]).resolve() if os.environ.get("ADA_WORK") else repo_root()
+
+
 def cache_dir() -> Path:
-    """Feature caches and fetched photo packages (gitignored)."""
-    return repo_root() / "cache"
+    """Feature caches (gitignored)."""
+    return work_dir() / "cache"
+
+
+def photos_dir() -> Path:
+    """Fetched photo packages: always under the repo's ``cache/photos`` (large; shared by tests and book)."""
+    return repo_root() / "cache" / "photos"
 
 
 def runs_dir() -> Path:
     """Hand-off folder between notebooks: ``runs/<notebook>/<variant>-seed<k>/`` (gitignored)."""
-    return repo_root() / "runs"
+    return work_dir() / "runs"
 
 
 def data_dir() -> Path:
     """Generated benchmarks (gitignored)."""
-    return repo_root() / "data"
+    return work_dir() / "data"
 
 
 def set_seed(seed: int) -> None:

@@ -1,0 +1,38 @@
+# The two commands of the README: `make book` and `make test`. Both create the virtual environment when it
+# is missing (once: a second run reinstalls nothing unless requirements.txt or pyproject.toml changed) and
+# fetch the photo packages the embedded benchmark is made from.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: book test notebooks photos venv clean-book lab
+
+book: $(VENV)/.installed photos ## execute changed notebooks with papermill, then build the HTML book
+	$(PY) -m ada_utils book
+
+test: $(VENV)/.installed photos ## run the whole test suite (notebooks included, smoke parameters)
+	$(PY) -m pytest
+
+notebooks: $(VENV)/.installed photos ## execute changed notebooks only
+	$(PY) -m ada_utils book --no-html
+
+photos: $(VENV)/.installed
+	$(PY) -m ada_utils data fetch-photos
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@echo "[setup] creating $(VENV) (about 2 minutes, 6.5 GB) ..."
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -e . 2>&1 | { grep -v -E "is ignored: it is neither|^$$" || true; }
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ada)" >/dev/null
+	touch $@
+
+lab: $(VENV)/.installed ## open the notebooks in JupyterLab with the project's kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-book:
+	rm -rf _build executed

@@ -1,0 +1,49 @@
+"""Every notebook of the book executes under papermill with the smoke parameters (tiny benchmark).
+
+Notebooks run in the order their ``ada.needs`` metadata gives (later chapters read earlier chapters' runs), in
+the session's private ``ADA_WORK`` folder. A misspelt parameter or a badly typed value fails the run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from ada_utils.runner import discover, execution_order
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "params" / "smoke.yaml"
+NOTEBOOKS = discover(REPO / "notebooks")
+ORDER = execution_order(NOTEBOOKS)
+
+
+def _execute(name: str, out: Path, **params) -> None:
+    import yaml
+
+    pm.execute_notebook(str(NOTEBOOKS[name].path), str(out), parameters={**yaml.safe_load(SMOKE.read_text()),
+                        **params}, cwd=str(REPO), kernel_name="python3", progress_bar=False)
+
+
+def test_every_toc_notebook_is_tested():
+    toc = (REPO / "_toc.yml").read_text()
+    in_toc = {line.split("executed/")[1].strip() for line in toc.splitlines() if "executed/" in line}
+    assert in_toc == set(NOTEBOOKS), "every notebook in notebooks/ must be a chapter of _toc.yml and vice versa"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_executes_with_smoke_parameters(name: str, tiny_root: Path, tmp_path: Path):
+    start = time.perf_counter()
+    _execute(name, tmp_path / f"{name}.ipynb")
+    print(f"{name}: {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params, message", [({"scael": "tiny"}, "unknown parameter 'scael'"),
+                                             ({"seed": "zero"}, "parameter 'seed' = 'zero' is a str")])
+def test_misspelt_or_bad_parameter_fails_clearly(params, message, tiny_root: Path, tmp_path: Path):
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        _execute("00_data", tmp_path / "bad.ipynb", **params)

@@ -1,0 +1,59 @@
+"""The book runner: dependency order from notebook metadata, and re-running only what changed."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ada_utils.runner import discover, execution_order, run_notebooks
+
+
+def _write_nb(folder: Path, name: str, needs: list[str], code: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["ada"] = {"needs": needs}
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "ada_utils").mkdir()
+    (tmp_path / "ada_utils" / "x.py").write_text("A = 1\n")
+    _write_nb(tmp_path / "notebooks", "b_second", ["a_first"], "print('b')")
+    _write_nb(tmp_path / "notebooks", "a_first", [], "print('a')")
+    _write_nb(tmp_path / "notebooks", "c_third", ["b_second"], "print('c')")
+    return tmp_path
+
+
+def test_order_follows_needs_not_names(project: Path):
+    nbs = discover(project / "notebooks")
+    _write_nb(project / "notebooks", "0_last", ["c_third"], "print(0)")
+    order = execution_order(discover(project / "notebooks"))
+    assert order.index("a_first") < order.index("b_second") < order.index("c_third") < order.index("0_last")
+    assert set(nbs) == {"a_first", "b_second", "c_third"}
+
+
+def test_unknown_and_cyclic_needs_are_errors(project: Path):
+    _write_nb(project / "notebooks", "a_first", ["c_third"], "print('a')")
+    with pytest.raises(ValueError, match="cycle"):
+        execution_order(discover(project / "notebooks"))
+    _write_nb(project / "notebooks", "a_first", ["nope"], "print('a')")
+    with pytest.raises(ValueError, match="unknown notebooks \\['nope'\\]"):
+        execution_order(discover(project / "notebooks"))
+
+
+def test_reruns_only_what_changed(project: Path):
+    out = project / "executed"
+    first = run_notebooks(root=project, out_dir=out, log=lambda _: None)
+    assert set(first) == {"a_first", "b_second", "c_third"}
+    assert json.loads((out / "a_first.ipynb").read_text())["cells"][0]["outputs"][0]["text"] in ("a\n", ["a\n"])
+    assert run_notebooks(root=project, out_dir=out, log=lambda _: None) == {}
+    _write_nb(project / "notebooks", "b_second", ["a_first"], "print('b2')")
+    assert set(run_notebooks(root=project, out_dir=out, log=lambda _: None)) == {"b_second", "c_third"}
+    (project / "ada_utils" / "x.py").write_text("A = 2\n")
+    assert len(run_notebooks(root=project, out_dir=out, log=lambda _: None)) == 3
