@@ -1,0 +1,101 @@
+"""``ada data build | check | fetch-photos``: make the embedded benchmark, check an AbC data root, get photos.
+
+Examples::
+
+    ada data fetch-photos                                   # apt-get download + dpkg-deb -x into cache/photos
+    ada data build --scale tiny --seed 0 --out data/embedded-tiny-seed0
+    ada data check --root /data/abc dataset/json/test_bamfg.json --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ada_utils.data.generate import build_benchmark, default_root
+
+    out = Path(args.out) if args.out else default_root(args.scale, args.seed)
+    start = time.perf_counter()
+    build_benchmark(out, scale=args.scale, seed=args.seed, photos=args.photos, objects=args.objects,
+                    workers=args.workers, overwrite=args.overwrite)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"built {out} ({args.scale}, seed {args.seed}) in {time.perf_counter() - start:.1f} s, "
+          f"{size / 2**20:.1f} MiB")
+    return 0
+
+
+def summarise(json_files: list[str], *, root: Path, distractors: int | None = None) -> list[dict]:
+    """Per test case and prompt type: models, exemplars, queries (raises MissingFilesError on absent files)."""
+    from ada_utils.data.abc import load_test_case
+
+    rows = []
+    for name in json_files:
+        path = Path(name) if Path(name).is_file() else root / name
+        case = load_test_case(path, root=root, distractors=distractors)
+        for prompt in case.prompt_types:
+            used = sorted(set(case.query_model[prompt].tolist()))
+            rows.append({"test_case": case.name, "prompt_type": prompt, "models": len(used),
+                         "exemplars": sum(len(case.models[m].exemplars) for m in used),
+                         "queries": len(case.queries[prompt]), "distractors": len(case.distractors)})
+    return rows
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ada_utils.data.abc import MissingFilesError
+
+    try:
+        rows = summarise(args.json, root=Path(args.root), distractors=args.distractors)
+    except MissingFilesError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if args.json_output:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'test case':<28}{'prompt':<10}{'models':>8}{'exemplars':>11}{'queries':>9}")
+    for r in rows:
+        print(f"{r['test_case']:<28}{r['prompt_type']:<10}{r['models']:>8}{r['exemplars']:>11}{r['queries']:>9}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from ada_utils.data.photos import fetch_photos, gather_sources
+
+    dest = fetch_photos(Path(args.dest) if args.dest else None, force=args.force)
+    desc = gather_sources(fetch=False).description if not args.dest else {}
+    print(f"photos ready in {dest}" + (f": {desc['n_photos']} photos, {desc['n_cutouts']} cut-outs" if desc else ""))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ada data`` and its subcommands to the ``ada`` parser."""
+    data = subparsers.add_parser("data", help="build the embedded benchmark, check an AbC root, fetch photos")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    build = sub.add_parser("build", help="generate the embedded AbC-format benchmark (deterministic)")
+    build.add_argument("--scale", default="small", choices=["tiny", "small", "medium"],
+                       help="tiny = tests (seconds); small = the CPU book's default; medium = larger")
+    build.add_argument("--seed", type=int, default=0, help="generator seed; same seed -> identical files")
+    build.add_argument("--out", default=None, help="destination (default data/embedded-<scale>-seed<seed>)")
+    build.add_argument("--photos", type=Path, default=None, help="extra folder of your own photographs")
+    build.add_argument("--objects", type=Path, default=None,
+                       help="extra folder of PNG cut-outs with transparency, one sub-folder per category")
+    build.add_argument("--workers", type=int, default=None, help="processes (default 1 for tiny, else 2)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    build.set_defaults(func=_build)
+
+    check = sub.add_parser("check", help="count models/exemplars/queries per test case; report missing files")
+    check.add_argument("--root", required=True, help="data root (AbC repo layout or Hugging Face mirror layout)")
+    check.add_argument("json", nargs="+", help="benchmark JSON files (paths, or relative to --root)")
+    check.add_argument("--distractors", type=int, default=None, help="also check the first N distractors")
+    check.add_argument("--json", dest="json_output", action="store_true", help="machine-readable output")
+    check.set_defaults(func=_check)
+
+    fetch = sub.add_parser("fetch-photos", help="apt-get download + dpkg-deb -x the photo packages (no root)")
+    fetch.add_argument("--dest", default=None, help="destination (default cache/photos)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if the marker file exists")
+    fetch.set_defaults(func=_fetch)

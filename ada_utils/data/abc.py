@@ -1,0 +1,215 @@
+"""Reading AbC-format benchmarks: the real AbC JSONs and the embedded benchmark (same schema, same layout).
+
+A benchmark JSON is a list with one entry per customised model (entry index = model index)::
+
+    {"exemplar": [path, ...], "synth": {prompt_type: [path, ...]}, "class_id": str, "category": str | null}
+
+Paths start with ``dataset/`` (repo-relative). Two on-disk layouts hold the same tree (see
+``../shared/docs/abc-protocol.md``): the original repository (``<root>/dataset/...``) and the Hugging Face mirror,
+whose data root *is* the ``dataset`` folder; there only the **leading** ``dataset/`` is replaced by the root.
+Before any work starts every referenced file is checked, and all missing files are reported at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Layout = Literal["auto", "repo", "hf"]
+PREFIX = "dataset/"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+MAX_LISTED = 20
+
+
+class MissingFilesError(FileNotFoundError):
+    """Files named by a benchmark JSON that are absent; ``.missing`` holds them all."""
+
+    def __init__(self, source: str | Path, missing: list[Path]):
+        self.source, self.missing = str(source), missing
+        shown = "\n  ".join(str(p) for p in missing[:MAX_LISTED])
+        more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        first = min(len(missing), MAX_LISTED)
+        super().__init__(f"{source}: {len(missing)} referenced file(s) are missing (first {first} shown; "
+                         f"check --root and the layout, or finish the download):\n  {shown}{more}")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One customised model: its id (folder under ``synth/``), coarse category and real exemplars."""
+
+    class_id: str
+    category: str | None
+    exemplars: list[Path]
+
+
+@dataclass
+class TestCase:
+    """One test case (one JSON): models, and per prompt type the flat query list with each query's model.
+
+    Attributes:
+        name: JSON stem, e.g. ``test_observed_imagenet``.
+        models: entry ``m`` of the JSON is model ``m``.
+        queries: prompt type -> synthetic image paths, models in JSON order.
+        query_model: prompt type -> (Q,) int64 model index of each query.
+        distractors: the listed distractor files (sorted order; empty unless requested).
+    """
+
+    name: str
+    json_path: Path
+    root: Path
+    models: list[Model]
+    queries: dict[str, list[Path]]
+    query_model: dict[str, np.ndarray]
+    distractors: list[Path] = field(default_factory=list)
+
+    @property
+    def prompt_types(self) -> list[str]:
+        """Prompt types in the order of the first model's ``synth`` dict."""
+        return list(self.queries)
+
+    @property
+    def exemplar_paths(self) -> list[Path]:
+        """All models' exemplars, concatenated in model order."""
+        return [p for m in self.models for p in m.exemplars]
+
+    @property
+    def exemplar_model(self) -> np.ndarray:
+        """(E,) int64 model index of each entry of :attr:`exemplar_paths`."""
+        return np.repeat(np.arange(len(self.models)), [len(m.exemplars) for m in self.models]).astype(np.int64)
+
+
+def detect_layout(root: str | Path) -> Literal["repo", "hf"]:
+    """``"repo"`` when ``<root>/dataset`` exists (original repository), else ``"hf"`` (mirror layout)."""
+    return "repo" if (Path(root) / "dataset").is_dir() else "hf"
+
+
+def resolve(rel: str, root: str | Path, *, layout: Layout = "auto") -> Path:
+    """Map a JSON path (``dataset/...``) to a file under ``root``; only a leading ``dataset/`` is replaced."""
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "hf" and rel.startswith(PREFIX):
+        rel = rel[len(PREFIX):]
+    return Path(root) / rel
+
+
+def json_path(root: str | Path, name: str, *, layout: Layout = "auto") -> Path:
+    """Where the JSON ``name`` (``test_styles`` or ``test_styles.json``) lives under ``root``."""
+    name = name if name.endswith(".json") else f"{name}.json"
+    return resolve(f"{PREFIX}json/{name}", root, layout=layout)
+
+
+def read_entries(path: str | Path) -> list[dict]:
+    """Read and validate an AbC JSON (list of model entries); errors name the file and the entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: benchmark JSON not found")
+    entries = json.loads(path.read_text())
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON list of model entries")
+    for i, entry in enumerate(entries):
+        keys = {"exemplar", "synth", "class_id"}
+        if not isinstance(entry, dict) or not keys <= set(entry) or not isinstance(entry["synth"], dict):
+            raise ValueError(f"{path}: entry {i} lacks the AbC keys {sorted(keys)} (synth must be a dict)")
+    return entries
+
+
+def check_files(paths: list[Path], *, source: str | Path) -> None:
+    """Raise :class:`MissingFilesError` (first 20 + count, naming ``source``) if any path is not a file."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise MissingFilesError(source, missing)
+
+
+def distractor_dir(root: str | Path, *, layout: Layout = "auto") -> Path:
+    """The distractor folder: ``laion_subset/images`` (HF mirror) if present, else ``laion_subset``."""
+    base = resolve(f"{PREFIX}laion_subset", root, layout=layout)
+    return base / "images" if (base / "images").is_dir() else base
+
+
+def list_distractors(root: str | Path, *, n: int | None = None, layout: Layout = "auto") -> list[Path]:
+    """The first ``n`` distractor images in sorted file-name order (all when ``n`` is None).
+
+    AbC uses N = 1M (official) or 100K (a common smaller protocol); record which one a result used.
+    """
+    folder = distractor_dir(root, layout=layout)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: distractor folder not found (root={root})")
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
+    if n is not None and n > len(files):
+        raise ValueError(f"{folder}: distractors={n} requested but only {len(files)} images exist")
+    return files if n is None else files[:n]
+
+
+def load_test_case(path: str | Path, *, root: str | Path, distractors: int | None = None,
+                   layout: Layout = "auto", check: bool = True) -> TestCase:
+    """Load one AbC JSON into a :class:`TestCase`, after checking that every file it names exists.
+
+    Args:
+        path: the JSON file (e.g. ``<root>/dataset/json/test_bamfg.json``).
+        root: data root (repo layout or HF mirror layout, see :func:`resolve`).
+        distractors: also list the first N distractors (sorted order), checked the same way; None = none.
+        layout: ``"auto"``, ``"repo"`` or ``"hf"``.
+        check: verify file existence (all missing reported at once, :class:`MissingFilesError`).
+    """
+    path, root = Path(path), Path(root)
+    entries = read_entries(path)
+    models = [Model(str(e["class_id"]), e.get("category"), [resolve(p, root, layout=layout) for p in e["exemplar"]])
+              for e in entries]
+    queries: dict[str, list[Path]] = {}
+    owner: dict[str, list[int]] = {}
+    for m, entry in enumerate(entries):
+        for prompt, files in entry["synth"].items():
+            queries.setdefault(prompt, []).extend(resolve(p, root, layout=layout) for p in files)
+            owner.setdefault(prompt, []).extend([m] * len(files))
+    listed = list_distractors(root, n=distractors, layout=layout) if distractors is not None else []
+    if check:
+        check_files([p for m in models for p in m.exemplars] + [p for q in queries.values() for p in q], source=path)
+    return TestCase(path.stem, path, root, models, queries,
+                    {k: np.asarray(v, dtype=np.int64) for k, v in owner.items()}, listed)
+
+
+@dataclass
+class Pool:
+    """An unlabelled training pool: no class ids, no folder names, only a domain flag per image.
+
+    Attributes:
+        paths: image files ordered by content hash (renaming folders or permuting pairs cannot change it).
+        domain: (N,) int64, 0 = real, 1 = synthetic.
+        ids: opaque ids (the content hash prefix).
+    """
+
+    paths: list[Path]
+    domain: np.ndarray
+    ids: list[str]
+
+
+def _content_id(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+
+
+def unlabelled_pool(root: str | Path, *, split_json: str = "train_all.json", layout: Layout = "auto") -> Pool:
+    """Every exemplar (real) and synthetic image of a training JSON as a flat, label-free pool."""
+    case = load_test_case(json_path(root, split_json, layout=layout), root=root, layout=layout)
+    items = [(p, 0) for p in case.exemplar_paths] + [(p, 1) for q in case.queries.values() for p in q]
+    keyed = sorted(((_content_id(p), str(p), p, d) for p, d in items), key=lambda t: (t[0], t[3], t[1]))
+    return Pool([t[2] for t in keyed], np.asarray([t[3] for t in keyed], dtype=np.int64), [t[0] for t in keyed])
+
+
+def training_pairs(root: str | Path, *, split_json: str = "train_all.json",
+                   layout: Layout = "auto") -> list[tuple[Path, Path, int]]:
+    """(exemplar, synthetic, model index) pairs for the supervised baseline only.
+
+    Synthetic image j of model m (over its prompt types in order) is paired with exemplar ``j mod E_m``.
+    """
+    case = load_test_case(json_path(root, split_json, layout=layout), root=root, layout=layout)
+    pairs, seen = [], dict.fromkeys(range(len(case.models)), 0)
+    for prompt in case.prompt_types:
+        for synth, m in zip(case.queries[prompt], case.query_model[prompt].tolist()):
+            ex = case.models[m].exemplars
+            pairs.append((ex[seen[m] % len(ex)], synth, m))
+            seen[m] += 1
+    return pairs

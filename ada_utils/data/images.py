@@ -1,0 +1,117 @@
+"""Robust image decoding and the one codec the embedded benchmark writes.
+
+Every reader in the project goes through :func:`load_image`, so grayscale, palette, CMYK, 16-bit, alpha and
+EXIF-rotated files all become the same thing: an 8-bit RGB ``PIL.Image`` in display orientation. Transparent
+pixels are composited on white (what a browser shows). A corrupt or truncated file raises
+:class:`ImageDecodeError` naming the file, or is skipped and reported when ``on_error="skip"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+OnError = Literal["raise", "skip"]
+
+# The single codec of the embedded benchmark (design section 8): real and synthetic images alike.
+JPEG_QUALITY = 95
+JPEG_SUBSAMPLING = 2  # 4:2:0, Pillow's default at this quality; fixed so quantisation and layout never vary.
+
+
+class ImageDecodeError(OSError):
+    """An image file that cannot be decoded (corrupt, truncated or not an image); the message names it."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer or float single-channel images to 8-bit ``L`` by scaling their full range."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+        arr = arr.astype(np.float64) / 65535.0 * 255.0
+    elif img.mode == "F":
+        lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=1.0))
+        arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image, *, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any decoded PIL image to 8-bit RGB; alpha is composited on ``background`` (white)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        base = Image.new("RGB", img.size, background)
+        base.paste(img, mask=img.getchannel("A"))
+        return base
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, *, on_error: OnError = "raise") -> Image.Image | None:
+    """Decode one image file to an 8-bit RGB ``PIL.Image`` (EXIF orientation applied, alpha on white).
+
+    Args:
+        path: image file (any format Pillow reads).
+        on_error: ``"raise"`` raises :class:`ImageDecodeError` naming the file; ``"skip"`` returns ``None``.
+
+    Returns:
+        The RGB image (fully loaded; the file is closed), or ``None`` for an unreadable file with ``"skip"``.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if on_error == "skip":
+            return None
+        raise ImageDecodeError(f"{path}: cannot decode image ({type(err).__name__}: {err}); "
+                               f"re-download or delete the file") from err
+
+
+def load_images(paths: Sequence[str | Path], *, on_error: OnError = "raise",
+                ) -> tuple[list[Image.Image], list[Path]]:
+    """Decode many files; with ``on_error="skip"`` also return the list of files that failed."""
+    images, failed = [], []
+    for path in paths:
+        img = load_image(path, on_error=on_error)
+        if img is None:
+            failed.append(Path(path))
+        else:
+            images.append(img)
+    return images, failed
+
+
+def save_jpeg(img: Image.Image, path: str | Path) -> Path:
+    """Write ``img`` with the benchmark's codec: baseline JPEG, quality 95, 4:2:0, no metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.convert("RGB").save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING,
+                            optimize=False, progressive=False)
+    return path
+
+
+class ImageListDataset:
+    """A torch-style ``Dataset`` over image files: ``ds[i]`` is ``transform(load_image(paths[i]))``.
+
+    Args:
+        paths: image files, in the order the features should come out.
+        transform: callable applied to the RGB ``PIL.Image`` (e.g. an encoder's ``preprocess``); identity if None.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], Any] | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Any:
+        img = load_image(self.paths[index])
+        return self.transform(img) if self.transform is not None else img

@@ -1,0 +1,223 @@
+"""Tests for ada_utils.cca: closed forms, scikit-learn agreement, exact identities, degenerate inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.covariance import ledoit_wolf_shrinkage
+from sklearn.cross_decomposition import CCA
+
+from ada_utils import cca
+
+
+def latent_pairs(n: int, rhos: list[float], *, p: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x = Mx [s + e_x; noise], y = My [s + e_y; noise] with canonical correlations 1/(1+σ²) = ρ, mixed by
+    random invertible maps (CCA is invariant to them)."""
+    rng = np.random.default_rng(seed)
+    k = len(rhos)
+    s = rng.standard_normal((n, k))
+    sig = np.sqrt(1 / np.asarray(rhos) - 1)
+    x = np.hstack([s + sig * rng.standard_normal((n, k)), rng.standard_normal((n, p - k))])
+    y = np.hstack([s + sig * rng.standard_normal((n, k)), rng.standard_normal((n, q - k))])
+    return x @ rng.standard_normal((p, p)) + 3.0, y @ rng.standard_normal((q, q)) - 1.0
+
+
+def test_population_closed_form_exact() -> None:
+    # Centred orthonormal columns (QR of centred noise stays centred): sample moments equal the population
+    # ones exactly, so corr(s + σe, s + σf) = 1 / (1 + σ²) = ρ holds to round-off.
+    rhos = np.array([0.9, 0.6, 0.25])
+    n, k = 64, 3
+    G = np.random.default_rng(1).standard_normal((n, 3 * k + 2))
+    H = np.linalg.qr(G - G.mean(0))[0] * np.sqrt(n)
+    s, e, f = H[:, :k], H[:, k:2 * k], H[:, 2 * k:3 * k]
+    sig = np.sqrt(1 / rhos - 1)
+    X, Y = np.hstack([s + sig * e, H[:, -2:-1]]), np.hstack([s + sig * f, H[:, -1:]])
+    np.testing.assert_allclose(cca.canonical_correlations(X, Y, reg=0), [0.9, 0.6, 0.25, 0.0], atol=1e-9)
+
+
+def test_sample_closed_form() -> None:
+    X, Y = latent_pairs(20000, [0.8, 0.5], p=5, q=4)
+    got = cca.canonical_correlations(X, Y, reg=0)
+    assert got.shape == (4,)
+    np.testing.assert_allclose(got[:2], [0.8, 0.5], atol=0.02)
+    assert np.all(got[2:] < 0.05)
+
+
+def test_agrees_with_sklearn() -> None:
+    X, Y = latent_pairs(3000, [0.85, 0.55, 0.3], p=6, q=4, seed=2)
+    model = CCA(n_components=3, max_iter=2000, tol=1e-12).fit(X, Y)
+    u, v = model.transform(X, Y)
+    ref = cca.column_correlations(u, v)
+    np.testing.assert_allclose(cca.canonical_correlations(X, Y, reg=0)[:3], ref, atol=1e-5)
+    ours = cca.fit_cca(X, Y, k=3, reg=0)
+    a, b = ours.transform(X, Y)
+    np.testing.assert_allclose(np.abs(cca.column_correlations(a, b)), ref, atol=1e-5)
+    # canonical variates are unit-variance and uncorrelated within each domain
+    np.testing.assert_allclose(np.cov(a.T, bias=True), np.eye(3), atol=1e-8)
+    np.testing.assert_allclose(np.cov(b.T, bias=True), np.eye(3), atol=1e-8)
+
+
+def test_ledoit_wolf_matches_sklearn_and_auto_vanishes() -> None:
+    X = np.random.default_rng(3).standard_normal((50, 20)) @ np.diag(np.linspace(0.2, 3, 20))
+    assert cca.shrinkage(X, reg="ledoit_wolf") == pytest.approx(ledoit_wolf_shrinkage(X), rel=1e-10)
+    assert cca.shrinkage(np.zeros((10, 4)), reg="auto") == pytest.approx(4 / 14)
+    assert cca.shrinkage(np.zeros((10**6, 4)), reg="auto") < 1e-5
+
+
+def test_identities_on_random_data() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
+    Y = 0.5 * X[:, :5] @ rng.standard_normal((5, 5)) + rng.standard_normal((200, 5))
+    for reg in (0, "auto", "ledoit_wolf", 0.3):
+        mi = cca.gaussian_mutual_information(X, Y, reg=reg)
+        assert mi["logdet"] == pytest.approx(mi["canonical"], rel=1e-9)
+        assert np.all(cca.canonical_correlations(X, Y, reg=reg) < 1)
+    a, b = X[:, :5] @ rng.standard_normal((5, 3)), Y @ rng.standard_normal((5, 3)) + 2.0
+    t = cca.distance_terms(a, b)
+    assert t["distance"] == pytest.approx(t["trace_a"] + t["trace_b"] - 2 * t["cross_trace"] + t["mean_gap"])
+    # whitened matched distance = 2d(1 − coordinate correlation); von Neumann: CCA >= own coordinates
+    Z = rng.standard_normal((300, 4))
+    Xs, Ys = Z + 0.5 * rng.standard_normal((300, 4)), Z @ rng.standard_normal((4, 4)) + rng.standard_normal((300, 4))
+    d = cca.decomposition(Xs, Ys, reg=0)
+    b = cca.covariance_blocks(Xs, Ys, reg=0)
+    wa = (Xs - b.mean_x) @ cca.inverse_sqrt(b.xx)
+    wb = (Ys - b.mean_y) @ cca.inverse_sqrt(b.yy)
+    assert cca.distance_terms(wa, wb)["distance"] == pytest.approx(2 * 4 * (1 - d["coord_corr_mean"]))
+    assert d["gap"] >= 0 and d["coord_share"] <= 1
+    assert d["mi"] == pytest.approx(cca.gaussian_mutual_information(Xs, Ys, reg=0)["canonical"])
+
+
+def test_gap_vanishes_when_cross_covariance_is_aligned() -> None:
+    rng = np.random.default_rng(5)
+    Z = rng.standard_normal((5000, 4)) * [3, 2, 1, 0.5]
+    X, Y = Z + 0.3 * rng.standard_normal(Z.shape), Z + 0.3 * rng.standard_normal(Z.shape)
+    aligned = cca.decomposition(X, Y, reg=0)
+    R = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    rotated = cca.decomposition(X, Y @ R, reg=0)
+    assert aligned["gap"] < 1e-2 and aligned["diag_dominance_whitened"] > 0.95
+    assert rotated["gap"] > 0.1 and rotated["cca_mean"] == pytest.approx(aligned["cca_mean"], rel=1e-9)
+    assert cca.isotropy_logdet(np.eye(3) * 7) == pytest.approx(0.0, abs=1e-12)
+    assert cca.off_diagonal_energy(np.eye(3) * 7) == 0.0
+
+
+def test_shapes_and_torch_inputs() -> None:
+    X, Y = latent_pairs(100, [0.7], p=7, q=3, seed=6)
+    model = cca.fit_cca(torch.from_numpy(X).float(), torch.from_numpy(Y), k=2)
+    assert model.A.shape == (7, 2) and model.B.shape == (3, 2) and model.rho.shape == (2,)
+    assert cca.whitened_cross_covariance(X, Y).shape == (7, 3)
+    assert cca.covariance_blocks(X, Y).joint().shape == (10, 10)
+    assert cca.canonical_correlations(X, Y).dtype == np.float64
+    R = cca.cross_correlation(X, np.hstack([Y, np.ones((100, 1))]))
+    np.testing.assert_allclose(R[:, :3], np.corrcoef(X.T, Y.T)[:7, 7:], atol=1e-12)
+    assert R.shape == (7, 4) and np.all(R[:, 3] == 0)
+    w = cca.fit_domain_whitening(X, Y[:50], reg=0)  # pair-free: different row counts
+    a, b = w.transform(X, X[:, :3])
+    np.testing.assert_allclose(np.cov(a.T, bias=True), np.eye(7), atol=1e-8)
+    assert b.shape == (100, 3) and w.rho.shape == (0,)
+
+
+def test_fewer_samples_than_dims_and_constant_features() -> None:
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((10, 30)), rng.standard_normal((10, 30))
+    with pytest.raises(ValueError, match="rank-deficient"):
+        cca.canonical_correlations(X, Y, reg=0)
+    rho = cca.canonical_correlations(X, Y)  # default shrinkage keeps it defined
+    assert np.all(np.isfinite(rho)) and np.all(rho < 1)
+    X[:, 3] = 5.0  # a constant feature
+    assert np.all(np.isfinite(list(cca.decomposition(X, Y).values())))
+    with pytest.raises(ValueError, match="rank-deficient"):
+        cca.canonical_correlations(X[:, :5], Y[:, :5], reg=0)
+    with pytest.raises(ValueError, match="zero variance"):
+        cca.off_diagonal_energy(cca.covariance(X, reg=0))
+
+
+@pytest.mark.parametrize(("X", "match"), [
+    (np.full((5, 3), np.nan), "NaN"), (np.ones((5, 3)), "constant"), (np.ones((1, 3)), "at least 2"),
+    (np.ones(5), "2-D")])
+def test_bad_inputs_raise(X: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cca.covariance(X)
+
+
+def test_mismatched_rows_and_bad_reg() -> None:
+    with pytest.raises(ValueError, match="same rows"):
+        cca.covariance_blocks(np.eye(4), np.eye(3))
+    with pytest.raises(ValueError, match="reg must be"):
+        cca.covariance(np.eye(4), reg=1.5)
+
+
+def test_pairs_and_bootstrap() -> None:
+    qi, ei = cca.pair_indices(np.array([0, 0, 1, 1, 1, 2]), np.array([1, 0, 1]))
+    np.testing.assert_array_equal(qi, [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(ei, [1, 1, 0, 2, 0])
+    X, Y = latent_pairs(400, [0.8], p=3, q=3, seed=8)
+    groups = np.repeat(np.arange(40), 10)
+    ci = cca.bootstrap_ci(lambda a, b: {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])}, X, Y,
+                          groups, n_boot=200)
+    est, lo, hi = ci["rho1"]
+    # asymptotic standard error of ρ is (1 − ρ²)/√n ≈ 0.018, so a 95 % interval is ≈ 0.07 wide
+    assert lo < est < hi and 0.04 < hi - lo < 0.11
+    est2, lo2, hi2 = cca.bootstrap_ci(lambda a, b: {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])},
+                                      X, Y, groups, n_boot=200, method="normal")["rho1"]
+    assert est2 == est and est - lo2 == pytest.approx(hi2 - est) and 0.04 < hi2 - lo2 < 0.11
+
+
+def test_select_cca_reg_prefers_shrinkage_when_dims_rival_samples() -> None:
+    X, Y = latent_pairs(120, [0.8, 0.6], p=40, q=40, seed=9)
+    groups = np.repeat(np.arange(30), 4)
+    best, scores = cca.select_cca_reg(X, Y, groups, regs=(0.0, 0.5, 0.9))
+    assert set(scores) == {"0.0", "0.5", "0.9"} and best != 0.0
+    assert scores["0.0"] < scores[str(best)]
+    with pytest.raises(ValueError, match="at least 4 groups"):
+        cca.select_cca_reg(X, Y, np.repeat(np.arange(3), 40))
+
+
+def test_paired_bootstrap_and_verdict() -> None:
+    X, Y = latent_pairs(400, [0.8], p=3, q=3, seed=10)
+    rng = np.random.default_rng(11)
+    noisy = (X, Y + 2 * rng.standard_normal(Y.shape))
+    groups = np.repeat(np.arange(40), 10)
+    first = lambda a, b: {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])}
+    est, lo, hi = cca.paired_bootstrap_ci(first, "rho1", (X, Y), noisy, groups, n_boot=100)
+    assert est == pytest.approx(first(X, Y)["rho1"] - first(*noisy)["rho1"]) and 0 < lo < est < hi
+    assert cca.verdict(lo, hi) == "supported" and cca.verdict(-hi, -lo) == "contradicted"
+    assert cca.verdict(-0.1, 0.1).startswith("inconclusive")
+
+
+# ---- the analysis chapters' helpers (ada_utils.analysis_plots) built on these statistics -------------------
+
+def test_shuffled_pairs_never_keep_their_model_and_top_variance_dims() -> None:
+    from ada_utils.analysis_plots import Pairs, top_variance_dims
+
+    model = np.repeat(np.arange(6), [1, 2, 3, 4, 5, 6])
+    real = np.arange(len(model), dtype=float)[:, None]
+    p = Pairs(np.zeros((len(model), 1)), real, model, np.full(len(model), "c"), np.arange(len(model)))
+    s = p.shuffled(0)
+    assert np.all(model[s.real[:, 0].astype(int)] != model)  # every real row now belongs to another model
+    np.testing.assert_array_equal(np.sort(s.real[:, 0]), real[:, 0])
+    X = np.random.default_rng(0).standard_normal((50, 4)) * [1, 5, 0.1, 3]
+    np.testing.assert_array_equal(top_variance_dims(X, 2), [1, 3])
+    np.testing.assert_array_equal(top_variance_dims(X, 0), np.arange(4))
+
+
+def test_analysis_figures_draw_and_spearman() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from ada_utils import analysis_plots as ap
+
+    rng = np.random.default_rng(0)
+    m = {e: {"matched": rng.standard_normal((4, 4)), "shuffled": rng.standard_normal((4, 4))} for e in ("a", "b")}
+    assert ap.heatmap_grid(m, title="t", label="l")._suptitle.get_text() == "t"
+    ap.spectra_figure({"a": {"matched": np.ones(3), "shuffled": np.ones(3)}},
+                      {"a": {"real": np.ones(3), "synthetic": np.ones(3)}}, title="s")
+    table = pd.DataFrame({"x": [0.1, 0.2, 0.3], "x_lo": [0.0, 0.1, 0.2], "x_hi": [0.2, 0.3, 0.4],
+                          "R@5": [0.01, 0.05, 0.2]}, index=["random", "pretrained", "ada"])
+    ap.ci_figure(table, ["x"], title="c")
+    _, rho = ap.stat_vs_recall(table, ["x"], title="r")
+    assert rho["x"] == pytest.approx(1.0)
+    dec = table.assign(coord_corr_mean=0.1, cca_mean=0.2, isotropy_x=-0.1, isotropy_y=-0.2)
+    ap.decomposition_figure(dec, title="d")
