@@ -1,0 +1,178 @@
+"""Attribute your own images: nearest gallery images by cosine similarity (faiss), as a table and a contact sheet.
+
+Features are L2-normalised float32, so inner product = cosine. ``index="flat"`` is exact (``IndexFlatIP``);
+``"ivf"`` (``IndexIVFFlat``, ``nlist`` ~ 4 sqrt(N) cells, ``nprobe`` probed) and ``"hnsw"`` (``IndexHNSWFlat``)
+are approximate and faster for million-image galleries. This is a nearest-neighbour demo, not the official
+metric (:mod:`ada_utils.retrieval`), and it ranks all gallery images together (no per-model gallery).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ada_utils.data import load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+FRAME_COLOUR = "#009E73"  # colour-blind-safe green (ada_utils.plotting.PALETTE)
+FRAME_HTML = f' style="outline:4px solid {FRAME_COLOUR}"'
+
+
+@dataclass
+class Attribution:
+    """Top matches: ``scores`` and ``indices`` (Q, top) into ``gallery_ids``; rows follow ``query_ids``."""
+
+    query_ids: list[str]
+    gallery_ids: list[str]
+    scores: np.ndarray
+    indices: np.ndarray
+
+    def rows(self) -> list[dict]:
+        """One dict per (query, rank): ``query``, ``rank`` (1-based), ``score`` (cosine), ``gallery``."""
+        return [{"query": q, "rank": r + 1, "score": float(self.scores[i, r]),
+                 "gallery": self.gallery_ids[self.indices[i, r]]}
+                for i, q in enumerate(self.query_ids) for r in range(self.indices.shape[1])
+                if self.indices[i, r] >= 0]
+
+    def table(self) -> str:
+        """Plain-text table of :meth:`rows`."""
+        lines = [f"{'query':40s} {'rank':>4s} {'score':>7s}  gallery"]
+        lines += [f"{r['query'][-40:]:40s} {r['rank']:4d} {r['score']:7.4f}  {r['gallery']}" for r in self.rows()]
+        return "\n".join(lines)
+
+
+def image_files(items: list[str | Path]) -> list[Path]:
+    """Files as given, plus the images under each folder (recursive, sorted)."""
+    out = []
+    for item in map(Path, items):
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such image or folder")
+    if not out:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in items]}")
+    return out
+
+
+def _normalised(feats: np.ndarray) -> np.ndarray:
+    x = np.array(feats, dtype=np.float32, order="C")  # a copy: faiss normalises in place
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or infinite values")
+    faiss.normalize_L2(x)
+    return x
+
+
+def build_index(gallery_feats: np.ndarray, *, kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
+                hnsw_m: int = 32, seed: int = 0) -> faiss.Index:
+    """A faiss inner-product index over L2-normalised (N, D) gallery features.
+
+    Args:
+        gallery_feats: (N, D) features (any float dtype; copied and normalised).
+        kind: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"`` (approximate).
+        nlist: IVF cells (default ``4 sqrt(N)``, at most N // 39 so every cell gets training points).
+        nprobe: IVF cells searched per query.
+        hnsw_m: HNSW graph degree.
+        seed: IVF k-means seed.
+    """
+    x = _normalised(gallery_feats)
+    n, d = x.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+        index.nprobe = min(nprobe, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    else:
+        raise ValueError(f"kind={kind!r}: choose 'flat', 'ivf' or 'hnsw'")
+    index.add(x)
+    return index
+
+
+def attribute(query_feats: np.ndarray, gallery_feats: np.ndarray, *, query_ids: list[str], gallery_ids: list[str],
+              top: int = 10, index: str = "flat") -> Attribution:
+    """The ``top`` most similar gallery images of each query (cosine, descending)."""
+    if query_feats.shape[1] != gallery_feats.shape[1]:
+        raise ValueError(f"query_feats has D={query_feats.shape[1]} but gallery_feats D={gallery_feats.shape[1]}"
+                         " (embedded with another encoder?)")
+    if len(gallery_ids) != len(gallery_feats) or len(query_ids) != len(query_feats):
+        raise ValueError("query_ids / gallery_ids must have one entry per feature row")
+    scores, indices = build_index(gallery_feats, kind=index).search(_normalised(query_feats),
+                                                                    min(top, len(gallery_feats)))
+    return Attribution(list(query_ids), list(gallery_ids), scores, indices)
+
+
+def _thumbnail(path: Path, size: int) -> str:
+    img = load_image(path)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Path | None = None,
+                  highlight: dict[str, set[str]] | None = None, max_queries: int = 8, max_matches: int = 8,
+                  size: int = 128) -> Path:
+    """Write the queries and their top matches as ``.png`` (matplotlib grid) or ``.html`` (self-contained).
+
+    Ids are image paths, resolved against ``image_root`` when relative. ``highlight`` maps a query id to gallery
+    ids to frame (e.g. the exemplars of the query's own model).
+    """
+    out = Path(out)
+    marked = highlight or {}
+
+    def path(id_: str) -> Path:
+        return Path(image_root) / id_ if image_root is not None and not Path(id_).is_absolute() else Path(id_)
+
+    rows = [(q, [(result.gallery_ids[j], float(s)) for j, s in zip(result.indices[i], result.scores[i])
+                 if j >= 0][:max_matches]) for i, q in enumerate(result.query_ids[:max_queries])]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".html":
+        cells = []
+        for q, matches in rows:
+            tds = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(q), size)}"><br><b>query</b><br>'
+                   f"{html.escape(Path(q).name)}</td>"]
+            tds += [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(g), size)}"'
+                    f'{FRAME_HTML if g in marked.get(q, ()) else ""}><br>#{r + 1} '
+                    f"{s:.3f}<br>{html.escape(Path(g).name)}</td>" for r, (g, s) in enumerate(matches)]
+            cells.append(f"<tr>{''.join(tds)}</tr>")
+        out.write_text("<!doctype html><meta charset='utf-8'><title>ada attribute</title>"
+                       "<style>td{text-align:center;font:11px sans-serif;padding:4px}</style>"
+                       f"<table>{''.join(cells)}</table>\n")
+        return out
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"{out}: the contact sheet is written as .png or .html")
+    import matplotlib.pyplot as plt
+
+    ncols = 1 + max(len(m) for _, m in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.5 * ncols, 1.7 * len(rows)), squeeze=False)
+    for ax_row, (q, matches) in zip(axes, rows):
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_frame_on(False)
+        for ax, (img_id, title) in zip(ax_row, [(q, "query")] + [(g, f"#{r + 1}  {s:.3f}")
+                                                               for r, (g, s) in enumerate(matches)]):
+            ax.imshow(load_image(path(img_id)))
+            ax.set_title(title, fontsize=8)
+            if img_id in marked.get(q, ()):
+                ax.set_frame_on(True)
+                for spine in ax.spines.values():
+                    spine.set(color=FRAME_COLOUR, linewidth=4, visible=True)
+    legend = " (framed: highlighted matches)" if marked else ""
+    fig.suptitle(f"Queries (left) and their nearest gallery images (cosine similarity){legend}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

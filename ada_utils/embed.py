@@ -1,0 +1,250 @@
+"""Batched, cached, resumable feature extraction: any encoder over a list of images.
+
+A cache folder holds ``feats.npy`` ((N, D) float32, rows in the order of ``paths``), ``ids.json`` (N strings)
+and ``manifest.json`` (encoder spec and a hash of its parameters, transform key, count, dim, dtype and a hash
+of the image list). The manifest is written last, so its presence means "complete". Work in progress lives in
+``chunks/NNNNNN.npy`` (one file per ``chunk_size`` images, written atomically) beside ``progress.json``: an
+interrupted run resumes at the first missing chunk. Under ``torchrun`` (``RANK``/``WORLD_SIZE``) every rank
+embeds chunks ``rank, rank + world_size, ...`` into the same (shared) folder and rank 0 merges them.
+Design: ``../shared/docs/design.md`` sections 1, 7 and 8 (embed each image once per encoder + preprocessing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ada_utils.data import ImageListDataset
+from ada_utils.io import read_json, write_json
+
+FORMAT = 1  # manifest format version
+
+
+@dataclass
+class Features:
+    """Cached features: ``feats`` (N, D) float32 (memory-mapped), row-aligned ``ids``, the manifest, the folder."""
+
+    feats: np.ndarray
+    ids: list[str]
+    manifest: dict[str, Any]
+    path: Path
+
+
+def encoder_key(encoder: nn.Module, *, transform_key: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """What the features depend on besides the images: spec, a hash of the actual parameters, the transform.
+
+    The parameter hash catches fine-tuned or randomly initialised encoders whose spec is unchanged.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"encoder": encoder.spec, "encoder_state_sha256": digest.hexdigest(),
+            "transform": transform_key or "preprocess", "seed": seed if transform_key else None}
+
+
+def list_hash(paths: Sequence[str | Path], ids: Sequence[str]) -> str:
+    """SHA-256 of the id list and each file's size and modification time (a rebuilt file is re-embedded)."""
+    digest = hashlib.sha256()
+    for path, id_ in zip(paths, ids, strict=True):
+        st = os.stat(path)
+        digest.update(f"{id_}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str | Path | None = None,
+                 ids: Sequence[str] | None = None, transform: Callable | None = None,
+                 transform_key: str | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
+                 chunk_size: int = 1024, progress: bool = True, rank: int | None = None,
+                 world_size: int | None = None, timeout: float = 24 * 3600) -> Features:
+    """Embed every image once (or load the cache): features (N, D) float32 in the order of ``paths``.
+
+    Args:
+        encoder: ``nn.Module`` mapping (B, 3, H, W) to (B, D), with ``.preprocess`` (PIL -> (3, H, W) tensor),
+            ``.spec`` (JSON-able dict) and ``.dim`` (see ``ada_utils.encoders.load_encoder``).
+        paths: image files.
+        cache: cache folder. Default ``cache_dir()/features/<encoder+transform hash>/<list hash>``.
+        ids: one string per image for ``ids.json`` (default: the paths as given).
+        transform: replaces ``encoder.preprocess`` (e.g. augmented views); needs ``transform_key``.
+        transform_key: names the transform in the manifest and the cache key.
+        seed: with a transform, image i is transformed under ``torch.manual_seed(seed + i)`` (resumable,
+            independent of workers and ranks).
+        batch_size, num_workers: DataLoader settings.
+        chunk_size: images per resumable chunk.
+        progress: tqdm bar over images.
+        rank, world_size: this process's share (default from ``RANK``/``WORLD_SIZE``, else 0 and 1).
+        timeout: seconds a rank waits for the others' chunks (rank 0) or the merged manifest (others).
+
+    Returns:
+        :class:`Features`; ``feats`` is a read-only memory map of ``feats.npy``.
+
+    Raises:
+        ValueError: the folder's manifest (or progress file) was written for another encoder, transform or
+            image list (the message names the file).
+    """
+    if (transform is None) != (transform_key is None):
+        raise ValueError("transform and transform_key go together: name the transform so caches stay distinct")
+    if not len(paths):
+        raise ValueError("paths: no images to embed")
+    ids = [Path(p).as_posix() for p in paths] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(paths):
+        raise ValueError(f"ids: {len(ids)} ids for {len(paths)} paths")
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
+    key = encoder_key(encoder, transform_key=transform_key, seed=seed)
+    plan = {**key, "count": len(paths), "list_sha256": list_hash(paths, ids), "dtype": "float32",
+            "chunk_size": chunk_size}
+    if cache is None:
+        from ada_utils.config import cache_dir
+
+        cache = cache_dir() / "features" / _short_hash(key) / plan["list_sha256"][:16]
+    folder = Path(cache)
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file():
+        return _load(folder, plan)
+    folder.mkdir(parents=True, exist_ok=True)
+    progress_path = folder / "progress.json"
+    if progress_path.is_file():
+        _check(progress_path, read_json(progress_path), plan)
+    else:
+        write_json(progress_path, plan)
+    n_chunks = -(-len(paths) // chunk_size)
+    chunk_dir = folder / "chunks"
+    chunk_dir.mkdir(exist_ok=True)
+    mine = [c for c in range(rank, n_chunks, world_size) if not (chunk_dir / f"{c:06d}.npy").is_file()]
+    dataset = _SeededDataset(ImageListDataset(paths, transform or encoder.preprocess), seed if transform else None)
+    with tqdm(total=sum(min(chunk_size, len(paths) - c * chunk_size) for c in mine), desc="embedding",
+              unit="img", disable=not progress) as bar:
+        for c in mine:
+            rows = range(c * chunk_size, min((c + 1) * chunk_size, len(paths)))
+            feats = _embed_rows(encoder, dataset, rows, batch_size=batch_size, num_workers=num_workers, bar=bar)
+            _save_atomic(chunk_dir / f"{c:06d}.npy", feats)
+    if rank == 0:
+        chunk_files = [chunk_dir / f"{c:06d}.npy" for c in range(n_chunks)]
+        _wait(lambda: all(f.is_file() for f in chunk_files), timeout, f"the chunks of the other ranks in {chunk_dir}")
+        _merge(folder, chunk_files, ids, plan)
+    else:
+        _wait(manifest_path.is_file, timeout, f"rank 0 to write {manifest_path}")
+    return _load(folder, plan)
+
+
+class _SeededDataset(torch.utils.data.Dataset):
+    """Item i transformed under ``manual_seed(seed + i)`` (when seed is not None), without touching global RNG."""
+
+    def __init__(self, base: ImageListDataset, seed: int | None):
+        self.base, self.seed = base, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.seed is None:
+            return self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + index)
+            return self.base[index]
+
+
+@torch.inference_mode()
+def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: range, *, batch_size: int, num_workers: int,
+                bar: tqdm) -> np.ndarray:
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
+                                         num_workers=num_workers, shuffle=False)
+    out = []
+    for batch in loader:
+        feats = encoder(batch.to(device)).float().cpu().numpy()
+        if feats.ndim != 2 or feats.shape[1] != encoder.dim:
+            raise ValueError(f"encoder {encoder.spec.get('name')!r} returned shape {feats.shape}, "
+                             f"expected (B, {encoder.dim})")
+        out.append(feats)
+        bar.update(len(batch))
+    encoder.train(was_training)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict) -> None:
+    """Concatenate the chunks into ``feats.npy`` without holding two copies; manifest last; clean up."""
+    dim = int(np.load(chunk_files[0], mmap_mode="r").shape[1])
+    tmp = folder / ".feats.npy.tmp"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
+    row = 0
+    for f in chunk_files:
+        chunk = np.load(f)
+        out[row:row + len(chunk)] = chunk
+        row += len(chunk)
+    out.flush()
+    del out
+    os.replace(tmp, folder / "feats.npy")
+    write_json(folder / "ids.json", ids)
+    write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim,
+                                          "files": {"feats": "feats.npy", "ids": "ids.json"}})
+    for f in chunk_files:
+        f.unlink()
+    chunk_files[0].parent.rmdir()
+    (folder / "progress.json").unlink(missing_ok=True)
+
+
+def _check(path: Path, found: dict, plan: dict) -> None:
+    """Raise if a manifest/progress file was written for another encoder, transform, image list or chunking."""
+    for field in ("encoder", "encoder_state_sha256", "transform", "seed"):
+        if found.get(field) != plan[field]:
+            raise ValueError(f"{path}: feature cache written for another encoder or transform ({field}: "
+                             f"{found.get(field)!r} there, {plan[field]!r} now); pass another cache= or delete "
+                             f"{path.parent}")
+    # A finished cache is valid for any chunk size; an unfinished one resumes only with its own.
+    for field in ("count", "list_sha256") + (("chunk_size",) if path.name == "progress.json" else ()):
+        if found.get(field) != plan[field]:
+            raise ValueError(f"{path}: feature cache written for another image list or chunking ({field}: "
+                             f"{found.get(field)!r} there, {plan[field]!r} now); pass another cache= or delete "
+                             f"{path.parent}")
+
+
+def load_features(folder: str | Path) -> Features:
+    """Open a complete cache folder (``feats.npy``, ``ids.json``, ``manifest.json``) without any check."""
+    folder = Path(folder)
+    manifest = read_json(folder / "manifest.json")
+    feats = np.load(folder / manifest["files"]["feats"], mmap_mode="r")
+    ids = read_json(folder / manifest["files"]["ids"])
+    if feats.shape != (manifest["count"], manifest["dim"]) or len(ids) != manifest["count"]:
+        raise ValueError(f"{folder}: feats.npy {feats.shape} / ids.json ({len(ids)}) disagree with manifest.json")
+    return Features(feats, ids, manifest, folder)
+
+
+def _load(folder: Path, plan: dict) -> Features:
+    _check(folder / "manifest.json", read_json(folder / "manifest.json"), plan)
+    return load_features(folder)

@@ -1,0 +1,172 @@
+"""embed_images: exact features, cache reuse, resume after a crash, wrong-encoder errors, transforms, ranks."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from ada_utils.embed import embed_images, load_features
+
+PREPROCESS = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()])
+
+
+class TinyEncoder(nn.Module):
+    """A real (small, random) conv net with the Encoder attributes: .preprocess, .spec, .dim."""
+
+    def __init__(self, seed: int = 0, dim: int = 6, fail_after: int | None = None):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Linear(16, dim))
+        self.dim, self.preprocess = dim, PREPROCESS
+        self.spec = {"name": "tiny", "weights": "random", "image_size": 16}
+        self.calls, self.images, self.fail_after = 0, 0, fail_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.images += len(x)
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.net(x)
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (12 + i, 20, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _direct(encoder, paths):
+    with torch.no_grad():
+        return encoder.net(torch.stack([PREPROCESS(Image.open(p).convert("RGB")) for p in paths])).numpy()
+
+
+def test_features_match_a_direct_forward_and_are_reused(images, tmp_path):
+    enc = TinyEncoder()
+    out = embed_images(enc, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False)
+    np.testing.assert_allclose(out.feats, _direct(enc, images), atol=1e-5)
+    assert out.feats.dtype == np.float32 and out.ids == [p.as_posix() for p in images]
+    m = out.manifest
+    assert (m["count"], m["dim"], m["dtype"], m["transform"]) == (7, 6, "float32", "preprocess")
+    assert not (tmp_path / "c" / "chunks").exists() and not (tmp_path / "c" / "progress.json").exists()
+    calls = enc.calls
+    again = embed_images(enc, images, cache=tmp_path / "c", progress=False)
+    assert enc.calls == calls and np.array_equal(again.feats, out.feats)
+    assert load_features(tmp_path / "c").ids == out.ids
+
+
+def test_resumes_after_an_interruption(images, tmp_path):
+    ref = embed_images(TinyEncoder(), images, cache=tmp_path / "ref", batch_size=2, chunk_size=3, progress=False)
+    crashing = TinyEncoder(fail_after=3)  # chunk 0 = 2 batches done, chunk 1 dies in its 2nd batch
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(crashing, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False)
+    assert sorted(p.name for p in (tmp_path / "c" / "chunks").glob("*.npy")) == ["000000.npy"]
+    resumed = TinyEncoder()
+    out = embed_images(resumed, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False)
+    assert resumed.calls == 3  # chunk 1 (2 batches) + chunk 2 (1 batch); chunk 0 was not recomputed
+    np.testing.assert_array_equal(out.feats, ref.feats)
+
+
+def test_other_encoder_or_list_in_the_same_cache_is_an_error(images, tmp_path):
+    embed_images(TinyEncoder(), images, cache=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match=r"c/manifest.json: feature cache written for another encoder"):
+        embed_images(TinyEncoder(seed=1), images, cache=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="another image list or chunking"):
+        embed_images(TinyEncoder(), images[:3], cache=tmp_path / "c", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(TinyEncoder(fail_after=0), images, cache=tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match=r"d/progress.json: feature cache written for another encoder"):
+        embed_images(TinyEncoder(seed=1), images, cache=tmp_path / "d", progress=False)
+
+
+def test_default_cache_location_separates_encoders(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    a = embed_images(TinyEncoder(), images, progress=False)
+    b = embed_images(TinyEncoder(seed=1), images, progress=False)
+    assert a.path != b.path and a.path.parent.parent == tmp_path / "work" / "cache" / "features"
+
+
+def test_seeded_transform_views_are_reproducible(images, tmp_path):
+    aug = transforms.Compose([transforms.RandomResizedCrop(16, scale=(0.3, 1.0)), transforms.ToTensor()])
+    kw = dict(transform=aug, transform_key="rrc16", seed=5, batch_size=3, progress=False)
+    a = embed_images(TinyEncoder(), images, cache=tmp_path / "a", chunk_size=2, **kw)
+    b = embed_images(TinyEncoder(), images, cache=tmp_path / "b", chunk_size=7, **kw)
+    plain = embed_images(TinyEncoder(), images, cache=tmp_path / "p", progress=False)
+    np.testing.assert_array_equal(a.feats, b.feats)
+    assert not np.allclose(a.feats, plain.feats) and a.manifest["transform"] == "rrc16"
+    with pytest.raises(ValueError, match="transform and transform_key go together"):
+        embed_images(TinyEncoder(), images, transform=aug, progress=False)
+
+
+def test_two_ranks_share_the_work_and_rank0_merges(images, tmp_path, monkeypatch):
+    ref = embed_images(TinyEncoder(), images, cache=tmp_path / "ref", progress=False)
+    kw = dict(cache=tmp_path / "c", chunk_size=2, world_size=2, progress=False, timeout=60)
+    enc1, results = TinyEncoder(), {}
+    worker = threading.Thread(target=lambda: results.setdefault(1, embed_images(enc1, images, rank=1, **kw)))
+    worker.start()
+    enc0 = TinyEncoder()
+    out = embed_images(enc0, images, rank=0, **kw)
+    worker.join()
+    np.testing.assert_allclose(out.feats, ref.feats, atol=1e-6)
+    np.testing.assert_array_equal(results[1].feats, out.feats)
+    assert enc0.calls == 2 and enc1.calls == 2  # chunks 0, 2 and 1, 3 of 2 images (1 batch each)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"rank=3 must lie in \[0, world_size=2\)"):
+        embed_images(TinyEncoder(), images, cache=tmp_path / "e", progress=False)
+
+
+def _mini_root(root, rng):
+    """An AbC-format root: two test cases sharing one exemplar file, 3 distractors."""
+    import json
+
+    def image(rel):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / rel)
+        return rel
+
+    shared = image("dataset/exemplar/x/images/g0/shared.png")
+    for case, n_models in (("test_a", 2), ("test_b", 1)):
+        entries = [{"class_id": f"{case}_{m}", "category": None,
+                    "exemplar": [shared] + [image(f"dataset/exemplar/x/images/{case}{m}/{e}.png") for e in range(m)],
+                    "synth": {p: [image(f"dataset/synth/x/{p}/{case}_{m}/samples/{i:05d}.png") for i in range(2)]
+                              for p in ("scene", "media")}} for m in range(n_models)]
+        (root / "dataset" / "json").mkdir(parents=True, exist_ok=True)
+        (root / "dataset" / "json" / f"{case}.json").write_text(json.dumps(entries))
+    for i in range(3):
+        image(f"dataset/laion_subset/{i:07d}.png")
+
+
+def test_embed_benchmark_embeds_each_file_once(tmp_path, monkeypatch):
+    from ada_utils.evaluate import chance_level, embed_benchmark, evaluate
+
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    _mini_root(tmp_path / "root", np.random.default_rng(1))
+    enc = TinyEncoder()
+    bf = embed_benchmark(enc, tmp_path / "root", progress=False)
+    # unique files: 1 shared + 1 extra exemplar + 12 queries, and 3 distractors
+    assert enc.images == 14 + 3
+    a = bf.cases["test_a"]
+    assert a.exemplar_ids == ["dataset/exemplar/x/images/g0/shared.png"] * 2 + [
+        "dataset/exemplar/x/images/test_a1/0.png"]
+    assert a.queries["media"].shape == (4, 6) and a.query_model["media"].tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(a.exemplars[0], bf.cases["test_b"].exemplars[0])
+    assert bf.distractors.shape == (3, 6) and bf.distractor_ids[0] == "dataset/laion_subset/0000000.png"
+    cells = evaluate(bf)
+    assert sorted(cells) == ["test_a/media", "test_a/scene", "test_b/media", "test_b/scene"]
+    assert cells["test_a/scene"]["n_queries"] == 4 and 0 < cells["test_a/scene"]["mAP"] <= 1
+    assert chance_level(bf)["test_b/scene"]["R@5"] == 1.0  # 3 distractors + 1 exemplar: all in the top 5
+    embed_benchmark(enc, tmp_path / "root", progress=False)
+    assert enc.images == 17  # second call: all from the cache
