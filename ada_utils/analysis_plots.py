@@ -1,24 +1,19 @@
-"""Figures and feature sets of the analysis chapters (01 cross-covariance, 02 CCA decomposition).
+"""Figures of the analysis chapters (01 cross-covariance, 02 CCA decomposition).
 
 Figure functions take plain arrays / DataFrames and return a matplotlib ``Figure`` with a title, labelled axes
-and the book's colour-blind-safe colours (``ada_utils.plotting``); statistics live in ``ada_utils.cca``.
-The second half gathers each encoder's features (embedded once per backbone, trained heads as maps) and the
-matched real/synthetic test pairs the statistics are computed on.
+and the book's colour-blind-safe colours (``ada_utils.plotting``). The statistics they draw come from
+``ada_utils.cca`` and ``ada_utils.cca_stats``, the features from ``ada_utils.analysis``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ada_utils import cca
 from ada_utils.plotting import METHOD_COLORS, PALETTE
 
 
@@ -122,15 +117,6 @@ def ci_figure(table: pd.DataFrame, stats: Sequence[str], *, title: str) -> plt.F
     return fig
 
 
-def flatten_ci(ci: Mapping[str, tuple[float, float, float]], *, extra: Mapping[str, float] | None = None
-               ) -> dict[str, float]:
-    """``{name: (est, lo, hi)}`` -> ``{name: est, name_lo: lo, name_hi: hi}`` plus ``extra`` (one table row)."""
-    row = {k: v[0] for k, v in ci.items()}
-    row.update({f"{k}_lo": v[1] for k, v in ci.items()})
-    row.update({f"{k}_hi": v[2] for k, v in ci.items()})
-    return {**row, **(extra or {})}
-
-
 def stat_vs_recall(table: pd.DataFrame, stats: Sequence[str], *, recall: str = "R@5",
                    title: str) -> tuple[plt.Figure, dict[str, float]]:
     """Scatter of each statistic against retrieval recall across encoders, with Spearman's ρ in the panel title.
@@ -177,217 +163,3 @@ def decomposition_figure(table: pd.DataFrame, *, title: str) -> plt.Figure:
     b.legend(fontsize=8)
     fig.suptitle(title)
     return fig
-
-
-# ---- feature sets of the analysis chapters ------------------------------------------------------------------
-
-@dataclass
-class FeatureSet:
-    """One encoder of the analysis chapters: raw backbone features plus the (optional) trained maps.
-
-    Attributes:
-        name: encoder label (``random``, ``pretrained``, ``whiten``, ``align``, ``ada``, ...).
-        bench: ``ada_utils.evaluate.BenchmarkFeatures`` of the test cells (raw backbone features).
-        pool: ``(N, D)`` float32 raw features of the unlabelled training pool; pool_domain ``(N,)`` 0 real / 1 synth.
-        pool_paths: the pool's image paths (row order of ``pool``).
-        real_map, synth_map: numpy ``(n, D) -> (n, D')`` maps of real / synthetic features (None = identity).
-        source: where the maps come from (a run folder, "closed form" or "none").
-    """
-
-    name: str
-    bench: Any
-    pool: np.ndarray
-    pool_domain: np.ndarray
-    pool_paths: list[Path]
-    real_map: Callable[[np.ndarray], np.ndarray] | None = None
-    synth_map: Callable[[np.ndarray], np.ndarray] | None = None
-    source: str = "none"
-
-    def real(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X if self.real_map is None else self.real_map(np.asarray(X, np.float32)), np.float64)
-
-    def synth(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X if self.synth_map is None else self.synth_map(np.asarray(X, np.float32)), np.float64)
-
-    def mapped_pool(self) -> np.ndarray:
-        """``(N, D')`` pool features through the map of each row's domain."""
-        out = np.empty((len(self.pool), self.real(self.pool[:1]).shape[1]))
-        for dom, fn in ((0, self.real), (1, self.synth)):
-            rows = self.pool_domain == dom
-            if rows.any():
-                out[rows] = fn(self.pool[rows])
-        return out
-
-
-def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Path) -> tuple[Path | None, str]:
-    """The finished 03_train run ``runs/<name>-seed<seed>`` made on this benchmark, or None and why not.
-
-    Raises:
-        ValueError: the run exists for this benchmark but was trained with other backbone settings.
-    """
-    from ada_utils.io import read_json
-
-    run = runs / f"{name}-seed{seed}"
-    if not ((run / "head.safetensors").is_file() and (run / "metrics.json").is_file()):
-        return None, "03_train run missing"
-    if read_json(run / "metrics.json").get("data_root") != root.name:
-        return None, "03_train run is for another benchmark"
-    saved = read_json(run / "config.json").get("config", {})
-    wrong = {k: (saved.get(k), v) for k, v in train_params.items() if k in saved and saved[k] != v}
-    if wrong:
-        raise ValueError(f"{run} was trained with other settings {wrong} (saved, here): rerun 03_train with "
-                         "these parameters or change this notebook's parameters")
-    return run, str(run.relative_to(runs.parent))
-
-
-def _fallback_maps(name: str, feats: np.ndarray, domain: np.ndarray, ids: list[str], *, seed: int, train_params: dict,
-                   out: Path, epochs: int | None) -> tuple[Callable, Callable]:
-    """Train the head of ``name`` here (TrainConfig defaults) when 03_train has no usable run."""
-    from ada_utils.train import TrainConfig, TrainData, feature_maps, train
-
-    extra = {"epochs": epochs} if epochs else {}
-    cfg = TrainConfig.from_dict({**train_params, "method": name, "seed": seed, **extra})
-    result = train(cfg, TrainData(feats, domain, ids=ids), out / f"{name}-seed{seed}", overwrite=True, progress=False)
-    return feature_maps(result.model)
-
-
-def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weights: str, image_size: int, seed: int,
-                      device: str, distractors: int | None, fallback: Path, fallback_epochs: int | None = None,
-                      random_image_size: int | None = None) -> dict[str, FeatureSet]:
-    """Embed the test cells and the unlabelled training pool once per backbone and attach each encoder's maps.
-
-    ``random``: random-init backbone (at ``random_image_size`` px if given: smoke runs use a small size, the
-    CPU forward pass being the cost); ``pretrained``: the backbone as is; any other name is a ``03_train``
-    method whose head is read from ``runs/03_train/<name>-seed<seed>/`` (or trained into ``fallback``).
-    """
-    from ada_utils.config import runs_dir, set_seed
-    from ada_utils.data import unlabelled_pool
-    from ada_utils.embed import embed_images
-    from ada_utils.encoders import load_encoder
-    from ada_utils.evaluate import embed_benchmark
-    from ada_utils.train import feature_maps
-
-    params = {"backbone": backbone, "weights": weights, "image_size": image_size}
-    runs = {n: _find_run(n, seed=seed, train_params=params, root=root, runs=runs_dir() / "03_train")
-            for n in names if n not in ("random", "pretrained")}  # checked before any embedding
-    pool = unlabelled_pool(root)
-    raw: dict[bool, tuple[Any, np.ndarray]] = {}
-    out = {}
-    for name in names:
-        pretrained = name != "random"
-        if pretrained not in raw:
-            set_seed(seed)
-            size = image_size if pretrained else (random_image_size or image_size)
-            enc = load_encoder(backbone, (weights or None) if pretrained else None, device, image_size=size,
-                               pretrained=pretrained)
-            raw[pretrained] = (embed_benchmark(enc, root, distractors=distractors),
-                               np.asarray(embed_images(enc, pool.paths).feats, np.float32))
-        bench, feats = raw[pretrained]
-        maps, source = (None, None), "none"
-        if name in runs:
-            run, source = runs[name]
-            if run is not None:
-                maps = feature_maps(run)
-            else:
-                maps = _fallback_maps(name, feats, pool.domain, pool.ids, seed=seed, train_params=params,
-                                      out=fallback, epochs=fallback_epochs)
-                source = f"trained here with default settings ({source})"
-        out[name] = FeatureSet(name, bench, feats, pool.domain, list(pool.paths), *maps, source=source)
-    return out
-
-
-@dataclass
-class Pairs:
-    """Matched (synthetic query, real exemplar of its model) test pairs in an encoder's output coordinates.
-
-    Attributes:
-        synth: ``(n, D)`` float64; real: ``(n, D)`` float64 (row i matches row i).
-        model: ``(n,)`` int64 concept id, unique across test cases; case: ``(n,)`` test-case name.
-        exemplar: ``(n,)`` int64 id of the real exemplar, unique across test cases.
-    """
-
-    synth: np.ndarray
-    real: np.ndarray
-    model: np.ndarray
-    case: np.ndarray
-    exemplar: np.ndarray
-
-    def shuffled(self, seed: int) -> Pairs:
-        """The same rows with each real exemplar swapped for one of a *different* model (the null)."""
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(self.model))
-        for _ in range(1000):
-            bad = np.flatnonzero(self.model[perm] == self.model)
-            if not len(bad):
-                break
-            for i, j in zip(bad, rng.integers(0, len(perm), len(bad))):  # random swaps keep a permutation
-                perm[i], perm[j] = perm[j], perm[i]
-        else:
-            raise ValueError("cannot shuffle: one model holds more than half of the pairs")
-        return Pairs(self.synth, self.real[perm], self.model, self.case, self.exemplar[perm])
-
-
-def matched_pairs(fs: FeatureSet) -> Pairs:
-    """All test pairs: query j of model m (prompt types concatenated) with exemplar ``j mod E_m`` (as
-    ``data.training_pairs``), mapped by the encoder's real/synthetic maps."""
-    synth, real, model, case, exemplar, offset, ex_offset = [], [], [], [], [], 0, 0
-    for name, cf in fs.bench.cases.items():
-        q = np.concatenate([np.asarray(cf.queries[p]) for p in cf.queries])
-        qm = np.concatenate([np.asarray(cf.query_model[p]) for p in cf.queries])
-        qi, ei = cca.pair_indices(qm, np.asarray(cf.exemplar_model))
-        synth.append(fs.synth(q[qi]))
-        real.append(fs.real(np.asarray(cf.exemplars)[ei]))
-        model.append(offset + qm[qi])
-        case.append(np.full(len(qi), name))
-        exemplar.append(ex_offset + ei)
-        offset += int(max(qm.max(), np.asarray(cf.exemplar_model).max())) + 1
-        ex_offset += len(cf.exemplar_model)
-    return Pairs(np.vstack(synth), np.vstack(real), np.concatenate(model), np.concatenate(case),
-                 np.concatenate(exemplar))
-
-
-def top_variance_dims(X: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` columns of ``X`` ``(n, D)`` with the largest variance (all columns if ``k`` is 0)."""
-    order = np.argsort(-np.var(X, axis=0), kind="stable")
-    return np.sort(order[:k]) if 0 < k < X.shape[1] else np.arange(X.shape[1])
-
-
-def training_pair_features(fs: FeatureSet, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Matched *training* pairs (``data.training_pairs``; training split only) from the pool features.
-
-    Returns:
-        ``synth (P, D')``, ``real (P, D')`` float64 (mapped) and ``model (P,)`` int64.
-    """
-    from ada_utils.data import training_pairs
-
-    row = {Path(p).resolve(): i for i, p in enumerate(fs.pool_paths)}
-    trip = training_pairs(root)
-    ri = np.asarray([row[Path(e).resolve()] for e, _, _ in trip])
-    si = np.asarray([row[Path(s).resolve()] for _, s, _ in trip])
-    return fs.synth(fs.pool[si]), fs.real(fs.pool[ri]), np.asarray([m for _, _, m in trip], np.int64)
-
-
-def cca_maps(fs: FeatureSet, model: cca.CCAModel, dims: np.ndarray) -> tuple[Callable, Callable]:
-    """``(real_map, synth_map)`` for ``evaluate``: the encoder's maps, its ``dims``, then the canonical
-    projection (``synth ↦ (x − mean_x) A``, ``real ↦ (y − mean_y) B``), each component scaled by its ρ."""
-    w = model.rho if len(model.rho) else np.ones(model.A.shape[1])
-
-    def real_map(x: np.ndarray) -> np.ndarray:
-        return ((fs.real(x)[:, dims] - model.mean_y) @ model.B * w).astype(np.float32)
-
-    def synth_map(x: np.ndarray) -> np.ndarray:
-        return ((fs.synth(x)[:, dims] - model.mean_x) @ model.A * w).astype(np.float32)
-
-    return real_map, synth_map
-
-
-def project_2d(X: np.ndarray, *, method: str, seed: int) -> np.ndarray:
-    """``(n, 2)`` coordinates of ``X`` ``(n, D)`` for a picture only: UMAP (cosine) or the top-2 PCA scores."""
-    if method == "umap":
-        import umap
-
-        return umap.UMAP(n_neighbors=15, metric="cosine", random_state=seed).fit_transform(X)
-    if method != "pca":
-        raise ValueError(f"projection={method!r}: choose 'umap' or 'pca'")
-    Xc = X - X.mean(0)
-    return Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:2].T

@@ -1,14 +1,16 @@
-"""Tests for ada_utils.cca: closed forms, scikit-learn agreement, exact identities, degenerate inputs."""
+"""Tests for ada_utils.cca: closed forms, scikit-learn agreement, exact identities, degenerate inputs.
+
+``latent_pairs`` is shared with ``test_cca_stats.py``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.cross_decomposition import CCA
 
 from ada_utils import cca
+from ada_utils import covariance as cov
 
 
 def latent_pairs(n: int, rhos: list[float], *, p: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,13 +60,6 @@ def test_agrees_with_sklearn() -> None:
     np.testing.assert_allclose(np.cov(b.T, bias=True), np.eye(3), atol=1e-8)
 
 
-def test_ledoit_wolf_matches_sklearn_and_auto_vanishes() -> None:
-    X = np.random.default_rng(3).standard_normal((50, 20)) @ np.diag(np.linspace(0.2, 3, 20))
-    assert cca.shrinkage(X, reg="ledoit_wolf") == pytest.approx(ledoit_wolf_shrinkage(X), rel=1e-10)
-    assert cca.shrinkage(np.zeros((10, 4)), reg="auto") == pytest.approx(4 / 14)
-    assert cca.shrinkage(np.zeros((10**6, 4)), reg="auto") < 1e-5
-
-
 def test_identities_on_random_data() -> None:
     rng = np.random.default_rng(4)
     X = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
@@ -80,9 +75,9 @@ def test_identities_on_random_data() -> None:
     Z = rng.standard_normal((300, 4))
     Xs, Ys = Z + 0.5 * rng.standard_normal((300, 4)), Z @ rng.standard_normal((4, 4)) + rng.standard_normal((300, 4))
     d = cca.decomposition(Xs, Ys, reg=0)
-    b = cca.covariance_blocks(Xs, Ys, reg=0)
-    wa = (Xs - b.mean_x) @ cca.inverse_sqrt(b.xx)
-    wb = (Ys - b.mean_y) @ cca.inverse_sqrt(b.yy)
+    b = cov.covariance_blocks(Xs, Ys, reg=0)
+    wa = (Xs - b.mean_x) @ cov.inverse_sqrt(b.xx)
+    wb = (Ys - b.mean_y) @ cov.inverse_sqrt(b.yy)
     assert cca.distance_terms(wa, wb)["distance"] == pytest.approx(2 * 4 * (1 - d["coord_corr_mean"]))
     assert d["gap"] >= 0 and d["coord_share"] <= 1
     assert d["mi"] == pytest.approx(cca.gaussian_mutual_information(Xs, Ys, reg=0)["canonical"])
@@ -106,9 +101,9 @@ def test_shapes_and_torch_inputs() -> None:
     model = cca.fit_cca(torch.from_numpy(X).float(), torch.from_numpy(Y), k=2)
     assert model.A.shape == (7, 2) and model.B.shape == (3, 2) and model.rho.shape == (2,)
     assert cca.whitened_cross_covariance(X, Y).shape == (7, 3)
-    assert cca.covariance_blocks(X, Y).joint().shape == (10, 10)
+    assert cov.covariance_blocks(X, Y).joint().shape == (10, 10)
     assert cca.canonical_correlations(X, Y).dtype == np.float64
-    R = cca.cross_correlation(X, np.hstack([Y, np.ones((100, 1))]))
+    R = cov.cross_correlation(X, np.hstack([Y, np.ones((100, 1))]))
     np.testing.assert_allclose(R[:, :3], np.corrcoef(X.T, Y.T)[:7, 7:], atol=1e-12)
     assert R.shape == (7, 4) and np.all(R[:, 3] == 0)
     w = cca.fit_domain_whitening(X, Y[:50], reg=0)  # pair-free: different row counts
@@ -129,95 +124,4 @@ def test_fewer_samples_than_dims_and_constant_features() -> None:
     with pytest.raises(ValueError, match="rank-deficient"):
         cca.canonical_correlations(X[:, :5], Y[:, :5], reg=0)
     with pytest.raises(ValueError, match="zero variance"):
-        cca.off_diagonal_energy(cca.covariance(X, reg=0))
-
-
-@pytest.mark.parametrize(("X", "match"), [
-    (np.full((5, 3), np.nan), "NaN"), (np.ones((5, 3)), "constant"), (np.ones((1, 3)), "at least 2"),
-    (np.ones(5), "2-D")])
-def test_bad_inputs_raise(X: np.ndarray, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        cca.covariance(X)
-
-
-def test_mismatched_rows_and_bad_reg() -> None:
-    with pytest.raises(ValueError, match="same rows"):
-        cca.covariance_blocks(np.eye(4), np.eye(3))
-    with pytest.raises(ValueError, match="reg must be"):
-        cca.covariance(np.eye(4), reg=1.5)
-
-
-def test_pairs_and_bootstrap() -> None:
-    qi, ei = cca.pair_indices(np.array([0, 0, 1, 1, 1, 2]), np.array([1, 0, 1]))
-    np.testing.assert_array_equal(qi, [0, 1, 2, 3, 4])
-    np.testing.assert_array_equal(ei, [1, 1, 0, 2, 0])
-    X, Y = latent_pairs(400, [0.8], p=3, q=3, seed=8)
-    groups = np.repeat(np.arange(40), 10)
-    ci = cca.bootstrap_ci(lambda a, b: {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])}, X, Y,
-                          groups, n_boot=200)
-    est, lo, hi = ci["rho1"]
-    # asymptotic standard error of ρ is (1 − ρ²)/√n ≈ 0.018, so a 95 % interval is ≈ 0.07 wide
-    assert lo < est < hi and 0.04 < hi - lo < 0.11
-    est2, lo2, hi2 = cca.bootstrap_ci(lambda a, b: {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])},
-                                      X, Y, groups, n_boot=200, method="normal")["rho1"]
-    assert est2 == est and est - lo2 == pytest.approx(hi2 - est) and 0.04 < hi2 - lo2 < 0.11
-
-
-def test_select_cca_reg_prefers_shrinkage_when_dims_rival_samples() -> None:
-    X, Y = latent_pairs(120, [0.8, 0.6], p=40, q=40, seed=9)
-    groups = np.repeat(np.arange(30), 4)
-    best, scores = cca.select_cca_reg(X, Y, groups, regs=(0.0, 0.5, 0.9))
-    assert set(scores) == {"0.0", "0.5", "0.9"} and best != 0.0
-    assert scores["0.0"] < scores[str(best)]
-    with pytest.raises(ValueError, match="at least 4 groups"):
-        cca.select_cca_reg(X, Y, np.repeat(np.arange(3), 40))
-
-
-def test_paired_bootstrap_and_verdict() -> None:
-    X, Y = latent_pairs(400, [0.8], p=3, q=3, seed=10)
-    rng = np.random.default_rng(11)
-    noisy = (X, Y + 2 * rng.standard_normal(Y.shape))
-    groups = np.repeat(np.arange(40), 10)
-    first = lambda a, b: {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])}
-    est, lo, hi = cca.paired_bootstrap_ci(first, "rho1", (X, Y), noisy, groups, n_boot=100)
-    assert est == pytest.approx(first(X, Y)["rho1"] - first(*noisy)["rho1"]) and 0 < lo < est < hi
-    assert cca.verdict(lo, hi) == "supported" and cca.verdict(-hi, -lo) == "contradicted"
-    assert cca.verdict(-0.1, 0.1).startswith("inconclusive")
-
-
-# ---- the analysis chapters' helpers (ada_utils.analysis_plots) built on these statistics -------------------
-
-def test_shuffled_pairs_never_keep_their_model_and_top_variance_dims() -> None:
-    from ada_utils.analysis_plots import Pairs, top_variance_dims
-
-    model = np.repeat(np.arange(6), [1, 2, 3, 4, 5, 6])
-    real = np.arange(len(model), dtype=float)[:, None]
-    p = Pairs(np.zeros((len(model), 1)), real, model, np.full(len(model), "c"), np.arange(len(model)))
-    s = p.shuffled(0)
-    assert np.all(model[s.real[:, 0].astype(int)] != model)  # every real row now belongs to another model
-    np.testing.assert_array_equal(np.sort(s.real[:, 0]), real[:, 0])
-    X = np.random.default_rng(0).standard_normal((50, 4)) * [1, 5, 0.1, 3]
-    np.testing.assert_array_equal(top_variance_dims(X, 2), [1, 3])
-    np.testing.assert_array_equal(top_variance_dims(X, 0), np.arange(4))
-
-
-def test_analysis_figures_draw_and_spearman() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import pandas as pd
-
-    from ada_utils import analysis_plots as ap
-
-    rng = np.random.default_rng(0)
-    m = {e: {"matched": rng.standard_normal((4, 4)), "shuffled": rng.standard_normal((4, 4))} for e in ("a", "b")}
-    assert ap.heatmap_grid(m, title="t", label="l")._suptitle.get_text() == "t"
-    ap.spectra_figure({"a": {"matched": np.ones(3), "shuffled": np.ones(3)}},
-                      {"a": {"real": np.ones(3), "synthetic": np.ones(3)}}, title="s")
-    table = pd.DataFrame({"x": [0.1, 0.2, 0.3], "x_lo": [0.0, 0.1, 0.2], "x_hi": [0.2, 0.3, 0.4],
-                          "R@5": [0.01, 0.05, 0.2]}, index=["random", "pretrained", "ada"])
-    ap.ci_figure(table, ["x"], title="c")
-    _, rho = ap.stat_vs_recall(table, ["x"], title="r")
-    assert rho["x"] == pytest.approx(1.0)
-    dec = table.assign(coord_corr_mean=0.1, cca_mean=0.2, isotropy_x=-0.1, isotropy_y=-0.2)
-    ap.decomposition_figure(dec, title="d")
+        cca.off_diagonal_energy(cov.covariance(X, reg=0))

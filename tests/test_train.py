@@ -1,0 +1,284 @@
+"""Training loop: schedules, every method on random features, exact resumption, guards and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ada_utils.train import (TrainConfig, TrainData, TrainingDivergedError, _Step, feature_maps, lambda_schedule,
+                             load_head, lr_schedule, train)
+
+
+def _data(n: int = 240, d: int = 12, seed: int = 0) -> TrainData:
+    """Random features with a latent concept shared by a real image and a few synthetic ones."""
+    rng = np.random.default_rng(seed)
+    concepts = rng.normal(size=(n // 4, d))
+    owner = np.arange(n) % (n // 4)
+    domain = (np.arange(n) >= n // 4).astype(np.int64)
+    shift = np.where(domain[:, None] == 1, 0.8 * rng.normal(size=d), 0.0)
+    mix = np.eye(d) + 0.5 * rng.normal(size=(d, d))
+    feats = ((concepts[owner] + 0.3 * rng.normal(size=(n, d)) + shift) @ mix).astype(np.float32)
+    views = (feats[None] + 0.2 * rng.normal(size=(2, n, d))).astype(np.float32)
+    real = np.flatnonzero(domain == 0)
+    synth = np.flatnonzero(domain == 1)
+    pairs = np.stack([real[owner[synth]], synth], axis=1)
+    return TrainData(feats, domain, views, [f"id{i}" for i in range(n)], pairs, owner[synth])
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"epochs": 4, "batch_size": 64, "lr": 1e-2, "checkpoint_every": 3, "form": "logdet", "eps": 1e-3,
+            "lam": 1.0, "init": "identity", "heads": "shared", "cov_mode": "pooled"}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_schedules_have_one_value_per_step() -> None:
+    cfg = _cfg(lr=0.5, warmup_frac=0.2)
+    lrs = lr_schedule(cfg, 50)
+    assert lrs.shape == (50,) and np.isclose(lrs.max(), 0.5) and lrs[-1] < 0.01
+    assert np.all(np.diff(lrs[:10]) > 0) and np.all(np.diff(lrs[10:]) <= 0)
+    w = lambda_schedule(_cfg(method="ada", lam=2.0, schedule="two_stage", stage1_frac=0.5), 10)
+    assert w[:5, 1].tolist() == [0] * 5 and w[5:, 1].tolist() == [2.0] * 5 and (w[:, 0] == 1).all()
+    assert (lambda_schedule(_cfg(method="ada", schedule="joint"), 10)[:, 1] == 1).all()
+    assert (lambda_schedule(_cfg(method="disentangle"), 10) == [0, 1]).all()
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("align", {"alignment": "views"}), ("align", {"alignment": "xdomain_nn"}), ("align", {"alignment": "both"}),
+    ("disentangle", {}), ("disentangle", {"infomax": "ica", "lr": 1e-3}),
+    ("disentangle", {"cov_mode": "per_domain", "cov_kind": "corr", "form": "coding_rate"}),
+    ("ada", {"schedule": "joint"}), ("ada", {"head": "mlp"}), ("supervised", {"lr": 5e-2, "epochs": 8}),
+])
+def test_loss_falls_for_every_trained_method(tmp_path: Path, method: str, extra: dict) -> None:
+    torch.manual_seed(0)
+    res = train(_cfg(method=method, **extra), _data(), tmp_path / "run", progress=False)
+    assert len(res.log) == res.steps > 0 and all(np.isfinite([r["loss"] for r in res.log]))
+    for term in ("loss_align", "loss_infomax", "loss_pairs"):  # each term falls while it is on
+        values = [r[term] for r in res.log if term in r]
+        assert not values or np.mean(values[-3:]) < np.mean(values[:3]), term
+
+
+def test_gaussian_infomax_whitens_the_head_output(tmp_path: Path) -> None:
+    data = _data()
+    res = train(_cfg(method="disentangle", epochs=40, lr=3e-2, center="pooled"), data, tmp_path / "r",
+                progress=False)
+    real_map, _ = feature_maps(res.model)
+    z = real_map(data.feats)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    x = data.feats / np.linalg.norm(data.feats, axis=1, keepdims=True)
+    assert np.linalg.cond(np.cov(z.T)) < 0.5 * np.linalg.cond(np.cov(x.T))
+
+
+@pytest.mark.parametrize("method", ["whiten", "ica"])
+def test_closed_form_controls_whiten_training_features(tmp_path: Path, method: str) -> None:
+    data = _data(n=600)
+    res = train(_cfg(method=method, center="none", shrinkage=0.0), data, tmp_path / method, progress=False)
+    assert res.steps == 0
+    z = feature_maps(tmp_path / method)[0](data.feats)
+    assert np.allclose(np.cov(z.T), np.eye(z.shape[1]), atol=0.1)
+
+
+def test_per_domain_whitening_has_two_maps(tmp_path: Path) -> None:
+    data = _data(n=800)
+    train(_cfg(method="whiten", cov_mode="per_domain"), data, tmp_path / "w", progress=False)
+    head = load_head(tmp_path / "w")
+    assert not head.shared
+    real_map, synth_map = feature_maps(head)
+    for fmap, dom in ((real_map, 0), (synth_map, 1)):
+        z = fmap(data.feats[data.domain == dom])
+        assert np.abs(z.mean(0)).max() < 1e-3
+
+
+@pytest.mark.parametrize("method,extra", [("ada", {"alignment": "both"}), ("supervised", {})])
+def test_killed_run_resumes_to_identical_weights(tmp_path: Path, method: str, extra: dict) -> None:
+    data, cfg = _data(), _cfg(method=method, nn_refresh=2, **extra)
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    assert train(cfg, data, tmp_path / "killed", progress=False, stop_at=7) is None  # checkpoint at step 6
+    ckpt_step = json.loads((tmp_path / "killed" / "config.json").read_text())["status"]
+    assert ckpt_step == "running"
+    resumed = train(cfg, data, tmp_path / "killed", resume=True, progress=False)
+    for key, val in full.model.state_dict().items():
+        assert torch.equal(val, resumed.model.state_dict()[key]), key
+    assert [r["loss"] for r in resumed.log] == [r["loss"] for r in full.log]
+    a, b = feature_maps(tmp_path / "full")[1](data.feats), feature_maps(tmp_path / "killed")[1](data.feats)
+    assert np.array_equal(a, b)
+
+
+def test_finished_runs_are_not_overwritten(tmp_path: Path) -> None:
+    data, cfg = _data(), _cfg(method="disentangle", epochs=1)
+    first = train(cfg, data, tmp_path / "r", progress=False)
+    with pytest.raises(FileExistsError, match="finished run; pass overwrite=True"):
+        train(cfg, data, tmp_path / "r", progress=False)
+    again = train(cfg, data, tmp_path / "r", resume=True, progress=False)  # reuses the finished run
+    assert again.steps == 0 and torch.equal(again.model.real.weight, first.model.real.weight)
+    assert train(cfg, data, tmp_path / "r", overwrite=True, progress=False).steps == first.steps
+
+
+def test_resume_with_other_parameters_names_them(tmp_path: Path) -> None:
+    data = _data()
+    train(_cfg(method="ada"), data, tmp_path / "r", progress=False, stop_at=4)
+    with pytest.raises(ValueError, match=r"lam: checkpoint 1.0 vs now 2.0.*tau: checkpoint 0.1 vs now 0.2"):
+        train(_cfg(method="ada", lam=2.0, tau=0.2), data, tmp_path / "r", resume=True, progress=False)
+    other = dataclasses.replace(data, feats=data.feats + 1)
+    with pytest.raises(ValueError, match="training data differ"):
+        train(_cfg(method="ada"), other, tmp_path / "r", resume=True, progress=False)
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original, calls = _Step.loss, []
+
+    def poisoned(self, *args, **kwargs):
+        loss, parts = original(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 6 else loss), parts  # the 6th step (step 5) diverges
+
+    monkeypatch.setattr(_Step, "loss", poisoned)
+    with pytest.raises(TrainingDivergedError, match="diverged at step 5.*last good checkpoint"):
+        train(_cfg(method="ada"), _data(), tmp_path / "r", progress=False)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "r" / "checkpoint.safetensors"), framework="pt") as fh:
+        assert json.loads(fh.metadata()["json"])["step"] == 3
+        assert all(torch.isfinite(fh.get_tensor(k)).all() for k in fh.keys() if k.startswith("model."))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"method": "simclr"}, "method='simclr' is not allowed"),
+    ({"backbone": "no_such_net"}, "backbone='no_such_net'"),
+    ({"lam": -1.0}, "lam=-1.0 must be >= 0"),
+    ({"method": "ada", "batch_size": 1}, "batch_size=1"),
+    ({"method": "disentangle", "batch_size": 1}, "batch_size=1"),
+    ({"alignment": "xdomain_nn", "train_domains": "synth"}, "train_domains='both'"),
+    ({"infomax": "ica", "head": "mlp"}, "infomax='ica' needs head='linear'"),
+])
+def test_bad_parameters_are_named(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kw)
+
+
+def test_supervised_needs_pairs_and_ada_never_reads_them(tmp_path: Path) -> None:
+    data = _data()
+    with pytest.raises(ValueError, match="needs TrainData.pairs"):
+        train(_cfg(method="supervised"), dataclasses.replace(data, pairs=None), tmp_path / "s", progress=False)
+    shuffled = dataclasses.replace(data, pairs=data.pairs[::-1].copy(), pair_model=data.pair_model[::-1].copy())
+    a = train(_cfg(method="ada"), data, tmp_path / "a", progress=False)
+    b = train(_cfg(method="ada"), shuffled, tmp_path / "b", progress=False)
+    assert torch.equal(a.model.real.weight, b.model.real.weight)
+
+
+def test_image_path_fine_tunes_only_the_last_block(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ada_utils.encoders import load_encoder
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"img{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[-1])
+    encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)
+    with torch.no_grad():
+        feats = torch.cat([encoder(encoder.preprocess(Image.open(p).convert("RGB"))[None]) for p in paths]).numpy()
+    data = TrainData(feats, (np.arange(12) % 2).astype(np.int64), ids=[p.name for p in paths], paths=paths)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    cfg = _cfg(method="ada", alignment="both", finetune="last_k", k_blocks=1, batch_size=6, epochs=2,
+               image_size=32, form="coding_rate", eps=0.5, schedule="joint")
+    res = train(cfg, data, tmp_path / "run", encoder=encoder, progress=False)
+    assert res.steps == 4 and all(np.isfinite(r["loss"]) for r in res.log)
+    changed = {k for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])}
+    last = len(encoder.backbone.blocks) - 1
+    assert changed and all(not k.startswith("backbone.blocks.") or k.startswith(f"backbone.blocks.{last}.")
+                           for k in changed)
+    assert (tmp_path / "run" / "encoder.safetensors").is_file() and load_head(tmp_path / "run").shared
+
+
+def _tiny_abc(root: Path, *, names: list[str], owner: list[int], seed: int = 0) -> Path:
+    """A 3-model AbC-layout training split; ``names`` rename folders, ``owner`` re-pairs the synthetic sets."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(3 * 4)]
+    entries = []
+    for m in range(3):
+        ex = f"dataset/exemplar/objects/images/{names[m]}/0.jpg"
+        synth = [f"dataset/synth/objects/scene/{names[m]}/samples/{j:05d}.jpg" for j in range(3)]
+        (root / ex).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[4 * m]).save(root / ex)
+        for j, path in enumerate(synth):  # synthetic set owner[m] is filed under model m
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[4 * owner[m] + 1 + j]).save(root / path)
+        entries.append({"exemplar": [ex], "synth": {"scene": synth}, "class_id": names[m], "category": None})
+    (root / "dataset" / "json").mkdir(parents=True, exist_ok=True)
+    (root / "dataset" / "json" / "train_all.json").write_text(json.dumps(entries))
+    return root
+
+
+def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path) -> None:
+    pytest.importorskip("ada_utils.embed", reason="ada_utils.embed not available yet")
+    from ada_utils.encoders import load_encoder
+    from ada_utils.train import training_data
+
+    torch.manual_seed(0)
+    encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)
+    a = _tiny_abc(tmp_path / "a", names=["n01", "n02", "n03"], owner=[0, 1, 2])
+    b = _tiny_abc(tmp_path / "b", names=["zebra", "apple", "m"], owner=[2, 0, 1])
+    cfg = _cfg(method="ada", alignment="both", batch_size=8, epochs=3, form="coding_rate", eps=0.5)
+    weights = []
+    for root in (a, b):
+        data = training_data(encoder, root, n_views=1, progress=False)
+        weights.append(train(cfg, data, root / "run", progress=False).model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    sup = [training_data(encoder, r, n_views=0, with_pairs=True, progress=False).pairs for r in (a, b)]
+    assert not np.array_equal(sup[0], sup[1])  # the pairs did change: only the supervised baseline sees them
+
+
+def test_per_query_metrics_match_evaluate_and_bootstrap_resamples_models() -> None:
+    from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures, evaluate
+    from ada_utils.train import cell_means, paired_bootstrap, per_query_metrics, verdict
+
+    rng = np.random.default_rng(0)
+    cases = {}
+    for name, n_models in (("test_a", 5), ("test_b", 4)):
+        ex = rng.normal(size=(n_models, 8)).astype(np.float32)
+        qm = np.repeat(np.arange(n_models), 3)
+        cases[name] = CaseFeatures({"scene": (ex[qm] + rng.normal(size=(len(qm), 8))).astype(np.float32)},
+                                   {"scene": qm}, ex, np.arange(n_models))
+    bf = BenchmarkFeatures(cases, rng.normal(size=(30, 8)).astype(np.float32), {})
+    def fmap(x):
+        return 2 * x + 1
+    pq = per_query_metrics(bf, real_map=fmap, synth_map=fmap)
+    ref = evaluate(bf, real_map=fmap, synth_map=fmap)
+    assert cell_means(pq).keys() == ref.keys()
+    for cell, vals in cell_means(pq).items():
+        assert all(np.isclose(vals[m], ref[cell][m]) for m in ("R@5", "R@10", "mAP", "n_queries"))
+    assert len(np.unique(np.concatenate([d["model"] for d in pq.values()]))) == 9
+    model = np.repeat(np.arange(40), 5)
+    a = rng.random(200)
+    diff, lo, hi = paired_bootstrap(a + 0.05, a, model)
+    assert np.isclose(diff, 0.05) and np.isclose(lo, 0.05) and verdict(lo, hi) == ">"
+    noisy = a + rng.normal(0, 0.5, 200)
+    diff, lo, hi = paired_bootstrap(noisy, a, model)
+    assert lo < diff < hi and np.isclose(diff, (noisy - a).mean())
+    assert verdict(-0.1, 0.2) == "≥" and verdict(-0.3, -0.1) == "<"
+
+
+def test_default_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
+    from ada_utils.train import build_model, select_rows
+
+    data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256)
+    assert cfg.method == "ada" and cfg.heads == "per_domain" and cfg.init == "whiten"
+    rows = select_rows(cfg, data)
+    start = build_model(cfg, data, rows)
+    control = build_model(TrainConfig(method="whiten", cov_mode="per_domain"), data, rows)
+    for dom in (0, 1):
+        x = torch.from_numpy(data.feats[:50])
+        assert torch.allclose(start.forward_domain(x, dom), control.forward_domain(x, dom), atol=1e-4)
+    res = train(cfg, data, tmp_path / "r", progress=False)
+    assert not res.model.shared and res.steps == 3 and all(np.isfinite(r["loss"]) for r in res.log)
+    sup = build_model(TrainConfig(method="supervised"), data, rows)  # AbC: identity maps whatever init says
+    assert torch.equal(sup.real.weight, torch.eye(12)) and torch.equal(sup.synth.weight, torch.eye(12))
