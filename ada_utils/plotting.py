@@ -12,7 +12,7 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 
 # One fixed colour per method, so every chapter draws a method in the same colour.
 METHOD_COLORS = {
-    "random": "#999999", "pretrained": PALETTE[0], "whiten": PALETTE[1], "ica": PALETTE[5],
+    "random": "#999999", "pretrained": PALETTE[0], "whiten": PALETTE[1], "whiten_pd": PALETTE[6], "ica": PALETTE[5],
     "align": PALETTE[2], "disentangle": PALETTE[4], "ada": PALETTE[3], "supervised": PALETTE[7],
 }
 

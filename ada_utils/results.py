@@ -32,8 +32,9 @@ def metric_table(summary: dict, metric: str = "R@5", *, methods: Sequence[str] |
     cells = sorted(next(iter(final.values()))["mean"])
     rows = {}
     for m in methods:
-        mean, std = final[m]["mean"], final[m].get("std", {})
-        rows[m] = [f"{mean[c][metric]:.3f} ± {std.get(c, {}).get(metric, 0.0):.3f}" for c in cells]
+        mean, std = final[m]["mean"], final[m].get("std") or {}
+        rows[m] = [f"{mean[c][metric]:.3f} ± {std[c][metric]:.3f}" if c in std else f"{mean[c][metric]:.3f}"
+                   for c in cells]
     rows["chance"] = [f"{summary['chance'][c][metric]:.4f}" for c in cells]
     return pd.DataFrame.from_dict(rows, orient="index", columns=cells)
 
@@ -55,7 +56,7 @@ def metric_bars(summary: dict, metric: str = "R@5", *, methods: Sequence[str] | 
     x = np.arange(len(cells))
     for i, m in enumerate(methods):
         mean = [final[m]["mean"][c][metric] for c in cells]
-        std = [final[m].get("std", {}).get(c, {}).get(metric, 0.0) for c in cells]
+        std = [(final[m].get("std") or {}).get(c, {}).get(metric, 0.0) for c in cells]
         ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=std, label=m, capsize=2,
                color=METHOD_COLORS.get(m))
     ax.scatter(x, [summary["chance"][c][metric] for c in cells], marker="_", s=400, color="k", label="chance")
