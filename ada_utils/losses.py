@@ -47,6 +47,17 @@ def _check_2d(fn: str, name: str, x: Tensor, *, min_rows: int = 1) -> None:
         raise ValueError(f"{fn}: `{name}` {tuple(x.shape)} contains NaN or inf; check the encoder/head and lr.")
 
 
+def _check_pair(fn: str, names: tuple[str, str], a: Tensor, b: Tensor, temperature: float) -> None:
+    """Shared checks of the two-view contrastive losses: two (B, D) tensors of one shape, temperature > 0."""
+    _check_2d(fn, names[0], a)
+    _check_2d(fn, names[1], b)
+    if a.shape != b.shape:
+        raise ValueError(f"{fn}: `{names[0]}` {tuple(a.shape)} and `{names[1]}` {tuple(b.shape)} must have the "
+                         "same shape.")
+    if not temperature > 0:
+        raise ValueError(f"{fn}: `temperature` must be > 0, got {temperature}.")
+
+
 def _work_dtype(*xs: Tensor) -> torch.dtype:
     """float64 if any input is float64 (gradcheck), else float32 (never half precision)."""
     return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
@@ -82,12 +93,7 @@ def info_nce_loss(
         0-dim loss; ``log(B + K)`` for uninformative features, → 0 when positives dominate.
     """
     fn = "info_nce_loss"
-    _check_2d(fn, "q", q)
-    _check_2d(fn, "k", k)
-    if q.shape != k.shape:
-        raise ValueError(f"{fn}: `q` {tuple(q.shape)} and `k` {tuple(k.shape)} must have the same shape.")
-    if not temperature > 0:
-        raise ValueError(f"{fn}: `temperature` must be > 0, got {temperature}.")
+    _check_pair(fn, ("q", "k"), q, k, temperature)
     if queue is not None:
         _check_2d(fn, "queue", queue)
         if queue.shape[1] != q.shape[1]:
@@ -297,12 +303,7 @@ def pair_contrastive_loss(
         0-dim loss.
     """
     fn = "pair_contrastive_loss"
-    _check_2d(fn, "real", real)
-    _check_2d(fn, "synth", synth)
-    if real.shape != synth.shape:
-        raise ValueError(f"{fn}: `real` {tuple(real.shape)} and `synth` {tuple(synth.shape)} must match.")
-    if not temperature > 0:
-        raise ValueError(f"{fn}: `temperature` must be > 0, got {temperature}.")
+    _check_pair(fn, ("real", "synth"), real, synth, temperature)
     if model is not None and (model.shape != (real.shape[0],) or model.is_floating_point()):
         raise ValueError(f"{fn}: `model` must be a ({real.shape[0]},) int tensor, got {tuple(model.shape)}.")
     dtype = _work_dtype(real, synth)
