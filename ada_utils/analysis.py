@@ -19,7 +19,7 @@ from ada_utils.cca import CCAModel
 
 if TYPE_CHECKING:
     from ada_utils.evaluate import BenchmarkFeatures
-    from ada_utils.train import TrainData
+    from ada_utils.train_data import TrainData
 
 FeatureMap = Callable[[np.ndarray], np.ndarray]
 
@@ -88,7 +88,8 @@ def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Pat
 def _fallback_maps(name: str, pool: TrainData, *, seed: int, train_params: dict, out: Path,
                    epochs: int | None) -> tuple[FeatureMap, FeatureMap]:
     """Train the head of ``name`` here (TrainConfig defaults) when 03_train has no usable run."""
-    from ada_utils.train import TrainConfig, feature_maps, train
+    from ada_utils.train import feature_maps, train
+    from ada_utils.train_config import TrainConfig
 
     extra = {"epochs": epochs} if epochs else {}
     cfg = TrainConfig.from_dict({**train_params, "method": name, "seed": seed, **extra})
@@ -108,7 +109,8 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
     from ada_utils.config import runs_dir, set_seed
     from ada_utils.encoders import load_encoder
     from ada_utils.evaluate import embed_benchmark
-    from ada_utils.train import feature_maps, training_data
+    from ada_utils.train import feature_maps
+    from ada_utils.train_data import training_data
 
     params = {"backbone": backbone, "weights": weights, "image_size": image_size}
     runs = {n: _find_run(n, seed=seed, train_params=params, root=root, runs=runs_dir() / "03_train")

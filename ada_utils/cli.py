@@ -18,7 +18,8 @@ CLI_MODULES = ("cli_data", "cli_eval", "cli_train", "cli_book")
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``ada`` argument parser with every area's subcommands."""
-    parser = argparse.ArgumentParser(prog="ada", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ada", description="ada: synthetic image attribution by alignment and "
+                                     "disentanglement (data, embeddings, evaluation, training, the book)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in CLI_MODULES:
         importlib.import_module(f"ada_utils.{name}").register(subparsers)

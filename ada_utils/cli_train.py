@@ -1,4 +1,4 @@
-"""``ada train``: train one configuration (a method of ``ada_utils.train``) and evaluate it, from the shell.
+"""``ada train``: train one configuration (a method of ``ada_utils.train_config``) and evaluate it, from the shell.
 
 Every field of ``TrainConfig`` is an option with the same name (``--lam 0.5``, ``--cov-mode per_domain``,
 ``--no-nn-symmetric``), so a notebook parameter, a config.json field and a CLI flag share one name. Examples::
@@ -18,7 +18,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ada train`` to the ``ada`` command line."""
-    from ada_utils.train import _CHOICES, TrainConfig
+    from ada_utils.train_config import CHOICES, TrainConfig
 
     p = subparsers.add_parser("train", help="train a head (ada, its ablations, controls, supervised baseline)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            p.add_argument(flag, type=type(default), default=default, choices=_CHOICES.get(field.name),
+            p.add_argument(flag, type=type(default), default=default, choices=CHOICES.get(field.name),
                            help=f"default {default!r}")
     p.set_defaults(func=train_command)
 
@@ -48,7 +48,9 @@ def train_command(args: argparse.Namespace) -> int:
     from ada_utils.config import runs_dir
     from ada_utils.encoders import load_encoder
     from ada_utils.io import write_json
-    from ada_utils.train import TrainConfig, feature_maps, train, training_data
+    from ada_utils.train import feature_maps, train
+    from ada_utils.train_config import TrainConfig
+    from ada_utils.train_data import training_data
 
     cfg = TrainConfig.from_dict(vars(args))
     if cfg.device == "cpu":

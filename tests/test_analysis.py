@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ada_utils.analysis import FeatureSet, Pairs, pair_indices, top_variance_dims, training_pair_features
-from ada_utils.train import TrainData
+from ada_utils.train_data import TrainData
 
 
 def test_pair_indices_cycle_through_each_models_exemplars() -> None:

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ada_utils.train import (TrainConfig, TrainData, TrainingDivergedError, _Step, feature_maps, lambda_schedule,
-                             load_head, lr_schedule, train)
+from ada_utils.run_folder import load_head
+from ada_utils.train import TrainingDivergedError, feature_maps, train
+from ada_utils.train_config import TrainConfig, lambda_schedule, lr_schedule
+from ada_utils.train_data import TrainData
+from ada_utils.train_step import Step
 
 
 def _data(n: int = 240, d: int = 12, seed: int = 0) -> TrainData:
@@ -129,14 +132,14 @@ def test_resume_with_other_parameters_names_them(tmp_path: Path) -> None:
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original, calls = _Step.loss, []
+    original, calls = Step.loss, []
 
     def poisoned(self, *args, **kwargs):
         loss, parts = original(self, *args, **kwargs)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 6 else loss), parts  # the 6th step (step 5) diverges
 
-    monkeypatch.setattr(_Step, "loss", poisoned)
+    monkeypatch.setattr(Step, "loss", poisoned)
     with pytest.raises(TrainingDivergedError, match="diverged at step 5.*last good checkpoint"):
         train(_cfg(method="ada"), _data(), tmp_path / "r", progress=False)
     from safetensors import safe_open
@@ -221,7 +224,7 @@ def _tiny_abc(root: Path, *, names: list[str], owner: list[int], seed: int = 0) 
 def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path) -> None:
     pytest.importorskip("ada_utils.embed", reason="ada_utils.embed not available yet")
     from ada_utils.encoders import load_encoder
-    from ada_utils.train import training_data
+    from ada_utils.train_data import training_data
 
     torch.manual_seed(0)
     encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)
@@ -237,38 +240,9 @@ def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path) -> N
     assert not np.array_equal(sup[0], sup[1])  # the pairs did change: only the supervised baseline sees them
 
 
-def test_per_query_metrics_match_evaluate_and_bootstrap_resamples_models() -> None:
-    from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures, evaluate
-    from ada_utils.train import cell_means, paired_bootstrap, per_query_metrics, verdict
-
-    rng = np.random.default_rng(0)
-    cases = {}
-    for name, n_models in (("test_a", 5), ("test_b", 4)):
-        ex = rng.normal(size=(n_models, 8)).astype(np.float32)
-        qm = np.repeat(np.arange(n_models), 3)
-        cases[name] = CaseFeatures({"scene": (ex[qm] + rng.normal(size=(len(qm), 8))).astype(np.float32)},
-                                   {"scene": qm}, ex, np.arange(n_models))
-    bf = BenchmarkFeatures(cases, rng.normal(size=(30, 8)).astype(np.float32), {})
-    def fmap(x):
-        return 2 * x + 1
-    pq = per_query_metrics(bf, real_map=fmap, synth_map=fmap)
-    ref = evaluate(bf, real_map=fmap, synth_map=fmap)
-    assert cell_means(pq).keys() == ref.keys()
-    for cell, vals in cell_means(pq).items():
-        assert all(np.isclose(vals[m], ref[cell][m]) for m in ("R@5", "R@10", "mAP", "n_queries"))
-    assert len(np.unique(np.concatenate([d["model"] for d in pq.values()]))) == 9
-    model = np.repeat(np.arange(40), 5)
-    a = rng.random(200)
-    diff, lo, hi = paired_bootstrap(a + 0.05, a, model)
-    assert np.isclose(diff, 0.05) and np.isclose(lo, 0.05) and verdict(lo, hi) == ">"
-    noisy = a + rng.normal(0, 0.5, 200)
-    diff, lo, hi = paired_bootstrap(noisy, a, model)
-    assert lo < diff < hi and np.isclose(diff, (noisy - a).mean())
-    assert verdict(-0.1, 0.2) == "≥" and verdict(-0.3, -0.1) == "<"
-
-
 def test_default_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
-    from ada_utils.train import build_model, select_rows
+    from ada_utils.train import build_model
+    from ada_utils.train_data import select_rows
 
     data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256)
     assert cfg.method == "ada" and cfg.heads == "per_domain" and cfg.init == "whiten"

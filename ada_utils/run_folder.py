@@ -1,0 +1,129 @@
+"""The run folder of ``train``: what it holds, checking it before a run, checkpoints, the finished head.
+
+Run folder: ``config.json`` (every parameter, data hash, versions, status), ``log.jsonl`` (one line per step),
+``checkpoint.safetensors`` (last good state: weights, optimiser, RNG and step, with its metadata inside), ``head.safetensors`` (final weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ada_utils.heads import DomainHeads
+from ada_utils.train_config import RESUME_FREE
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ada_utils.train_config import TrainConfig
+    from ada_utils.train_data import TrainData
+    from ada_utils.train_step import Step
+
+
+def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: DomainHeads) -> dict:
+    from ada_utils.config import hardware, library_versions
+
+    return {"config": dataclasses.asdict(cfg), "data_hash": data.fingerprint(with_pairs=cfg.method == "supervised"),
+            "n_rows": int(len(rows)), "feature_dim": int(data.feats.shape[1]), "head_kind": model.kind,
+            "shared": model.shared, "library_versions": library_versions(), "hardware": hardware(),
+            "status": "running"}
+
+
+def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -> bool:
+    """Check what ``out_dir`` holds; returns True when a finished identical run can be reused (resume)."""
+    from ada_utils.io import read_json
+
+    cfg_path = out_dir / "config.json"
+    if not cfg_path.is_file():
+        return False
+    old = read_json(cfg_path)
+    if overwrite:
+        for name in ("config.json", "log.jsonl", "checkpoint.safetensors", "head.safetensors", "encoder.safetensors",
+                     "encoder.json"):
+            (out_dir / name).unlink(missing_ok=True)
+        return False
+    if not resume:
+        state = "a finished" if old.get("status") == "finished" else "an unfinished"
+        raise FileExistsError(f"{out_dir} already holds {state} run; pass overwrite=True to retrain it from "
+                              "scratch, resume=True to continue it, or choose another folder")
+    diff = sorted(k for k, v in header["config"].items()
+                  if k not in RESUME_FREE and old.get("config", {}).get(k) != v)
+    if diff:
+        pairs = ", ".join(f"{k}: checkpoint {old['config'].get(k)!r} vs now {header['config'][k]!r}" for k in diff)
+        raise ValueError(f"cannot resume {out_dir}: its checkpoint was made with other parameters ({pairs}); "
+                         "use the same parameters, another folder, or overwrite=True")
+    if old.get("data_hash") != header["data_hash"]:
+        raise ValueError(f"cannot resume {out_dir}: the training data differ (data_hash {old.get('data_hash')} "
+                         f"vs {header['data_hash']}); rebuild the same features or use overwrite=True")
+    return old.get("status") == "finished"
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, stepper: Step,
+                     step: int) -> None:
+    """Model, optimiser state, NN table/bank and RNG states in one safetensors file, written atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    scalars: dict = {}
+    for pid, state in sd["state"].items():
+        for key, val in state.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{pid}.{key}"] = val.detach().cpu().clone().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    tensors.update({"nn_table": stepper.nn_table.clone(), "nn_bank": stepper.bank.clone(),
+                    "rng.torch": torch.get_rng_state()})
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"step": step, "param_groups": sd["param_groups"], "opt_scalars": scalars}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, stepper: Step) -> int:
+    """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["json"])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = val
+    for key, val in meta["opt_scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    stepper.nn_table.copy_(tensors["nn_table"])
+    stepper.bank.copy_(tensors["nn_bank"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return int(meta["step"])
+
+
+def load_head(run_dir: str | Path) -> DomainHeads:
+    """Rebuild the head(s) of a finished run from ``config.json`` + ``head.safetensors`` (CPU, eval mode)."""
+    from ada_utils.io import read_json
+
+    run_dir = Path(run_dir)
+    header = read_json(run_dir / "config.json")
+    if header.get("status") != "finished" or not (run_dir / "head.safetensors").is_file():
+        raise FileNotFoundError(f"{run_dir}: no finished run (config.json status {header.get('status')!r}); "
+                                "train it first (notebooks/03_train.ipynb or `ada train`)")
+    model = DomainHeads(header["head_kind"], header["feature_dim"], shared=header["shared"])
+    model.load_state_dict(load_file(str(run_dir / "head.safetensors")))
+    return model.eval()

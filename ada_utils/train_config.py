@@ -1,0 +1,156 @@
+"""Parameters of a training run: the methods, their knobs, and the per-step schedules derived from them.
+
+``method`` selects what is fitted on the *training split* (never on test cells):
+
+=============  ==========================================================================================
+pretrained     nothing: the identity head (the encoder's features as they are)
+whiten         closed-form ZCA whitening of the unlabelled training features (pooled or per domain)
+ica            whitening followed by FastICA (scikit-learn), the closed-form Infomax-ICA control
+align          alignment loss only (``alignment``: InfoNCE between augmented views, cross-domain
+               nearest-neighbour positives, or both)
+disentangle    Infomax loss only (``infomax``: "gaussian" log-det / coding rate, or "ica" Bell–Sejnowski)
+ada            L = L_A + λ L_D, two-stage (alignment first, then both) or joint
+supervised     AbC's tuned baseline: a real and a synthetic head, InfoNCE over (exemplar, synthetic) pairs
+=============  ==========================================================================================
+
+Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
+reads ``TrainData.pairs`` (``train_data``). Defaults (per-domain heads started at per-domain
+whitening, cross-domain nearest-neighbour InfoNCE, coding-rate Infomax with λ = 0.05) were chosen on
+``validation_split`` of the *training* models, never on test cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from ada_utils.heads import HEAD_KINDS
+
+
+METHODS = ("pretrained", "align", "disentangle", "ada", "whiten", "ica", "supervised")
+CLOSED_FORM = ("pretrained", "whiten", "ica")
+CHOICES = {
+    "method": METHODS, "infomax": ("gaussian", "ica"), "cov_mode": ("pooled", "per_domain"),
+    "cov_kind": ("cov", "corr"), "form": ("auto", "logdet", "coding_rate"), "head": HEAD_KINDS,
+    "init": ("identity", "whiten"), "heads": ("shared", "per_domain"), "center": ("none", "pooled", "per_domain"),
+    "alignment": ("views", "xdomain_nn", "both"), "train_domains": ("both", "real", "synth"),
+    "optimizer": ("adamw", "sgd"), "schedule": ("two_stage", "joint"), "finetune": ("frozen", "last_k", "full"),
+    "ica_nonlinearity": ("logistic", "tanh"), "augment": ("generic", "gap"),
+}
+# Parameters that may differ between a checkpoint and its resumption (they do not change the arithmetic).
+RESUME_FREE = ("device", "checkpoint_every", "num_workers")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run (one name per knob across notebook parameters, CLI and config.json)."""
+
+    method: str = "ada"  # see the module docstring
+    infomax: str = "gaussian"  # reading of "Infomax": Gaussian log-det | Bell–Sejnowski ICA
+    cov_mode: str = "per_domain"  # Gaussian Infomax on one pooled covariance or averaged per domain
+    cov_kind: str = "cov"  # covariance or correlation matrix in the log-det
+    form: str = "coding_rate"  # log-det (needs batch > dim) | coding rate (any batch) | auto = pick by batch size
+    lam: float = 0.05  # λ: weight of the disentanglement loss (>= 0)
+    tau: float = 0.1  # InfoNCE temperature
+    eps: float = 0.5  # ridge ε of the log-det (use ~1e-3) / ε of the coding rate (MCR² uses ε² = 0.5)
+    head: str = "linear"  # head kind, identity at init
+    heads: str = "per_domain"  # one head for both domains, or a real and a synthetic head (CCA's A and B)
+    init: str = "whiten"  # linear head init: identity | closed-form ZCA whitening of training features
+    shrinkage: float = -1.0  # covariance shrinkage of closed-form whitening in [0, 1]; -1 = Ledoit–Wolf estimate
+    center: str = "per_domain"  # fixed input centring from training means: none | pooled | per real/synth domain
+    alignment: str = "xdomain_nn"  # views = InfoNCE between augmented views; xdomain_nn = cross-domain NN pairs
+    nn_refresh: int = 10  # steps between recomputing the nearest-neighbour table
+    nn_symmetric: bool = True  # also pair each real image with its nearest synthetic image
+    train_domains: str = "both"  # which unlabelled training images the head sees
+    n_train: int = 0  # use the first n_train pool rows (content-hash order); 0 = all
+    backbone: str = "efficientnet_lite0"  # encoder name (recorded; the image path fine-tunes it)
+    weights: str = ""  # encoder weights file ("" = packaged / none)
+    image_size: int = 128  # encoder input side in px
+    finetune: str = "frozen"  # image path: frozen encoder | last k blocks | full
+    k_blocks: int = 1  # blocks fine-tuned with finetune="last_k"
+    augment: str = "gap"  # view recipe: generic (SimCLR-style) | gap (a family unlike the generator's transforms)
+    n_views: int = 1  # augmented views per image (cached path: views stored in TrainData)
+    num_workers: int = 0  # DataLoader workers preparing image batches (image path)
+    epochs: int = 8  # passes over the training rows
+    batch_size: int = 1024  # rows per step (global batch under DDP)
+    lr: float = 3e-4  # peak learning rate
+    weight_decay: float = 0.0  # AdamW/SGD weight decay on matrices (never on biases)
+    optimizer: str = "adamw"
+    warmup_frac: float = 0.1  # fraction of steps of linear warm-up before the cosine decay
+    schedule: str = "two_stage"  # two_stage: alignment only for stage1_frac of the steps, then L_A + λ L_D
+    stage1_frac: float = 0.5
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    ica_nonlinearity: str = "logistic"
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    gather: bool = False  # DDP: all-gather embeddings before the Infomax log-det (global covariance)
+    checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; choose one of {allowed}")
+        for name in ("lam", "eps", "weight_decay", "grad_clip", "warmup_frac"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("tau", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        for name in ("epochs", "batch_size", "nn_refresh", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.uses_infomax and self.batch_size < 2:
+            raise ValueError(f"batch_size={self.batch_size}: the Infomax log-det needs a batch covariance; "
+                             "use batch_size >= 2 (and > feature dim for form='logdet')")
+        if self.method in ("align", "ada") and self.alignment != "views" and self.train_domains != "both":
+            raise ValueError(f"alignment={self.alignment!r} pairs real with synthetic images: it needs "
+                             f"train_domains='both', got {self.train_domains!r}")
+        if self.infomax == "ica" and self.uses_infomax and self.head != "linear":
+            raise ValueError("infomax='ica' needs head='linear' (a square invertible W)")
+        from ada_utils.encoders import get_recipe
+
+        try:
+            get_recipe(self.backbone)
+        except ValueError as err:
+            raise ValueError(f"backbone={self.backbone!r}: {err}") from None
+        if not (self.shrinkage == -1 or 0 <= self.shrinkage <= 1):
+            raise ValueError(f"shrinkage={self.shrinkage} must be in [0, 1] or -1 (Ledoit–Wolf)")
+        if not 0 <= self.stage1_frac < 1:
+            raise ValueError(f"stage1_frac={self.stage1_frac} must be in [0, 1)")
+
+    @property
+    def uses_infomax(self) -> bool:
+        return self.method in ("disentangle", "ada")
+
+    @property
+    def uses_alignment(self) -> bool:
+        return self.method in ("align", "ada")
+
+    @classmethod
+    def from_dict(cls, params: dict) -> TrainConfig:
+        """Build from a mapping that may hold other keys (notebook parameters): unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int) -> np.ndarray:
+    """Per-step learning rates (total_steps,): linear warm-up to ``lr``, then cosine decay to 0."""
+    warm = int(round(cfg.warmup_frac * total_steps))
+    steps = np.arange(total_steps, dtype=np.float64)
+    cos = 0.5 * cfg.lr * (1 + np.cos(np.pi * (steps - warm) / max(1, total_steps - warm)))
+    return np.where(steps < warm, cfg.lr * (steps + 1) / max(1, warm), cos)
+
+
+def lambda_schedule(cfg: TrainConfig, total_steps: int) -> np.ndarray:
+    """Per-step weights (total_steps, 2) of (L_A, L_D) from the method and schedule."""
+    w = np.zeros((total_steps, 2))
+    w[:, 0] = 1.0 if cfg.uses_alignment else 0.0
+    w[:, 1] = (cfg.lam if cfg.method == "ada" else 1.0) if cfg.uses_infomax else 0.0
+    if cfg.method == "ada" and cfg.schedule == "two_stage":
+        w[: int(cfg.stage1_frac * total_steps), 1] = 0.0
+    if cfg.method == "supervised":
+        w[:, 0] = 1.0
+    return w

@@ -1,0 +1,158 @@
+"""The unlabelled training pool as cached features, the rows a run trains on, and a validation split.
+
+Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
+reads ``TrainData.pairs``. ``validation_split`` carves validation models from the *training* split, so
+defaults are chosen without test cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ada_utils.train_config import TrainConfig
+
+
+@dataclass
+class TrainData:
+    """Cached features of the unlabelled training pool.
+
+    Attributes:
+        feats: (N, D) float32 features of the plain images (pool order = ``data.unlabelled_pool``).
+        domain: (N,) int64, 0 = real, 1 = synthetic.
+        views: (V, N, D) float32 features of V augmented views, or None.
+        ids: N opaque ids (for the data hash).
+        pairs: (P, 2) int64 rows (real, synthetic) of matched training pairs: supervised baseline only.
+        pair_model: (P,) int64 model index of each pair: supervised baseline only.
+        paths: N image files (image path, ``finetune != "frozen"``).
+    """
+
+    feats: np.ndarray
+    domain: np.ndarray
+    views: np.ndarray | None = None
+    ids: list[str] | None = None
+    pairs: np.ndarray | None = None
+    pair_model: np.ndarray | None = None
+    paths: list[Path] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.feats)
+        if self.feats.ndim != 2 or self.domain.shape != (n,):
+            raise ValueError(f"TrainData: feats must be (N, D) and domain (N,); got {self.feats.shape}, "
+                             f"{self.domain.shape}")
+        if self.views is not None and self.views.shape[1:] != self.feats.shape:
+            raise ValueError(f"TrainData: views must be (V, N, D) = (V, {n}, {self.feats.shape[1]}), "
+                             f"got {self.views.shape}")
+
+    def fingerprint(self, *, with_pairs: bool) -> str:
+        """SHA-256 over features, domains, views, ids (and pairs for the supervised baseline)."""
+        h = hashlib.sha256()
+        for arr in (self.feats, self.domain, self.views):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(json.dumps(self.ids or []).encode())
+        if with_pairs and self.pairs is not None:
+            h.update(np.ascontiguousarray(self.pairs).tobytes())
+            h.update(np.ascontiguousarray(self.pair_model).tobytes())
+        return h.hexdigest()
+
+
+def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str = "gap", seed: int = 0,
+                  with_pairs: bool = False, batch_size: int = 64, num_workers: int = 0,
+                  progress: bool = True) -> TrainData:
+    """Cached features of a benchmark's unlabelled training pool (plain images + ``n_views`` augmented views).
+
+    The pool comes from ``data.unlabelled_pool`` (content-hash order, opaque ids, real/synthetic flag only), so
+    renaming folders or re-pairing images cannot change what the unsupervised methods see. Each image and view
+    is embedded once and cached by ``embed.embed_images`` (key: encoder spec + view recipe).
+
+    Args:
+        encoder: an ``Encoder`` (frozen).
+        root: benchmark root (AbC layout).
+        n_views: augmented views per image (``augment.SeededAugment`` views 0..n_views-1).
+        augment: view recipe, ``"generic"`` or ``"gap"``.
+        seed: seed of the views (data seed, not the training seed).
+        with_pairs: also read ``data.training_pairs`` (supervised baseline only).
+        batch_size, num_workers, progress: passed to ``embed_images``.
+    """
+    from ada_utils.augment import SeededAugment, ViewTransform
+    from ada_utils.data import training_pairs, unlabelled_pool
+    from ada_utils.embed import embed_images
+
+    pool = unlabelled_pool(root)
+    # Content ids key the cache: the same images hit the same cache however the root path is spelled.
+    kw = {"ids": pool.ids, "batch_size": batch_size, "num_workers": num_workers, "progress": progress}
+    feats = np.array(embed_images(encoder, pool.paths, **kw).feats, dtype=np.float32)  # a writable copy
+    views = []
+    for v in range(n_views):
+        aug = SeededAugment(augment, encoder.image_size, view=v, seed=seed)
+        feats_v = embed_images(encoder, pool.paths, transform=ViewTransform(aug, encoder.preprocess),
+                               transform_key=aug.key, **kw).feats
+        views.append(np.array(feats_v, dtype=np.float32))
+    pairs = pair_model = None
+    if with_pairs:
+        index = {Path(p).resolve(): i for i, p in enumerate(pool.paths)}
+        found = [(index[Path(e).resolve()], index[Path(s).resolve()], m) for e, s, m in training_pairs(root)]
+        pairs = np.asarray([f[:2] for f in found], dtype=np.int64)
+        pair_model = np.asarray([f[2] for f in found], dtype=np.int64)
+    return TrainData(feats, pool.domain.astype(np.int64), np.stack(views) if views else None, list(pool.ids),
+                     pairs, pair_model, list(pool.paths))
+
+
+def select_rows(cfg: TrainConfig, data: TrainData) -> np.ndarray:
+    """Row indices of the pool used for training (domains, then the first n_train in pool order)."""
+    rows = np.arange(len(data.feats))
+    if cfg.train_domains != "both":
+        rows = rows[data.domain == (0 if cfg.train_domains == "real" else 1)]
+    if cfg.n_train:
+        rows = rows[: cfg.n_train]
+    if len(rows) < 2:
+        raise ValueError(f"train_domains={cfg.train_domains!r}, n_train={cfg.n_train} leave {len(rows)} rows")
+    return rows
+
+
+def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
+    """A validation benchmark carved from the *training* split, for choosing defaults without test cells.
+
+    Every ``every``-th training model is a validation model: its synthetic images are queries, its exemplars the
+    targets, and the exemplars of the other training models are the distractors (real images). Unsupervised
+    variants may still train on the whole unlabelled pool (they never see the pairs); the supervised baseline
+    must train on the returned ``train_data`` (pairs of validation models removed).
+
+    Returns:
+        (``evaluate.BenchmarkFeatures`` with one case ``"val"``, ``TrainData`` without validation pairs).
+    """
+    from ada_utils.data import json_path, load_test_case
+    from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures
+
+    if data.paths is None:
+        raise ValueError("validation_split needs TrainData.paths (use training_data)")
+    case = load_test_case(json_path(root, "train_all"), root=root)
+    row = {Path(p).resolve(): i for i, p in enumerate(data.paths)}
+    val = [m for m in range(len(case.models)) if m % every == 0]
+    new_id = {m: i for i, m in enumerate(val)}
+    ex_rows = [[row[Path(p).resolve()] for p in case.models[m].exemplars] for m in range(len(case.models))]
+    queries, query_model = {}, {}
+    for prompt in case.prompt_types:
+        keep = [(row[Path(p).resolve()], new_id[m]) for p, m in zip(case.queries[prompt],
+                                                                    case.query_model[prompt].tolist()) if m in new_id]
+        if keep:
+            queries[prompt] = data.feats[[k for k, _ in keep]]
+            query_model[prompt] = np.asarray([m for _, m in keep], dtype=np.int64)
+    exemplars = [r for m in val for r in ex_rows[m]]
+    exemplar_model = np.asarray([new_id[m] for m in val for _ in ex_rows[m]], dtype=np.int64)
+    distractors = [r for m in range(len(case.models)) if m not in new_id for r in ex_rows[m]]
+    bf = BenchmarkFeatures({"val": CaseFeatures(queries, query_model, data.feats[exemplars], exemplar_model)},
+                           data.feats[distractors], {})
+    train_data = data
+    if data.pairs is not None:
+        keep = data.pair_model % every != 0
+        train_data = dataclasses.replace(data, pairs=data.pairs[keep], pair_model=data.pair_model[keep])
+    return bf, train_data

@@ -1,0 +1,205 @@
+"""One training step: its inputs (cached features or images), its planned batch and its loss.
+
+A step's batch is a pure function of ``(seed, step)`` (``_generator``): a resumed run, or a DataLoader
+worker (``StepBatches``), draws exactly what the original run drew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ada_utils.train_config import TrainConfig
+    from ada_utils.train_data import TrainData
+
+
+def _generator(seed: int, tag: str, step: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, tag, step): the source of every random draw."""
+    digest = hashlib.sha256(f"{seed}|{tag}|{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+# ----------------------------------------------------------------------------- inputs of a step
+class FeatureSource:
+    """Inputs from cached features: view ``v < V`` is augmented view v, ``v = V`` (or None) the plain image."""
+
+    def __init__(self, data: TrainData) -> None:
+        self.feats = torch.from_numpy(np.ascontiguousarray(data.feats, dtype=np.float32))
+        views = data.views
+        self.views = None if views is None else torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))
+        self.n_views = 0 if views is None else len(views)
+
+    def inputs(self, rows: torch.Tensor, pick: torch.Tensor | None, step: int) -> torch.Tensor:
+        """(B, D) features of view ``pick[i]`` of row ``rows[i]``."""
+        if self.views is None or pick is None:
+            return self.feats[rows]
+        stacked = torch.cat([self.views[:, rows], self.feats[rows][None]], dim=0)  # (V+1, B, D)
+        return stacked[pick, torch.arange(len(rows))]
+
+
+class ImageSource:
+    """Inputs from image files (image path): the plain image or a seeded augmented view, preprocessed.
+
+    Args:
+        paths: pool image paths (row order of ``TrainData``).
+        preprocess: the encoder's PIL -> (3, H, W) transform.
+        recipe, image_size, n_views, seed: the ``SeededAugment`` views; ``salt = step`` gives fresh views
+            every step while staying a pure function of (image, view, seed, step).
+    """
+
+    def __init__(self, paths: list[Path], preprocess: Callable, *, recipe: str, image_size: int, n_views: int,
+                 seed: int) -> None:
+        from ada_utils.augment import SeededAugment
+
+        self.paths, self.preprocess, self.n_views = list(paths), preprocess, n_views
+        self.augs = [SeededAugment(recipe, image_size, view=v, seed=seed) for v in range(n_views)]
+
+    def inputs(self, rows: torch.Tensor, pick: torch.Tensor | None, step: int) -> torch.Tensor:
+        """(B, 3, H, W) float32 images."""
+        from ada_utils.data.images import load_image
+
+        picks = [self.n_views] * len(rows) if pick is None else pick.tolist()
+        out = []
+        for row, view in zip(rows.tolist(), picks):
+            img = load_image(self.paths[row])
+            out.append(self.preprocess(self.augs[view](img, salt=step) if view < self.n_views else img))
+        return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- losses of one step
+class Step:
+    """Plans the batch of a step, computes its loss; holds the nearest-neighbour table and bank.
+
+    A step's batch is a pure function of (seed, step): the epoch's permutation and the view picks come from
+    ``_generator``, so a resumed run (or a DataLoader worker) draws exactly what the original run drew.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, rows: np.ndarray, source, *, rank: int = 0,
+                 world: int = 1) -> None:
+        self.cfg, self.source, self.rank, self.world = cfg, source, rank, world
+        self.rows = torch.from_numpy(rows.astype(np.int64))
+        self.domain = torch.from_numpy(data.domain.astype(np.int64))
+        self.supervised = cfg.method == "supervised"
+        if self.supervised:
+            if data.pairs is None or data.pair_model is None:
+                raise ValueError("method='supervised' needs TrainData.pairs and pair_model (training pairs)")
+            self.pairs = torch.from_numpy(data.pairs.astype(np.int64))
+            self.pair_model = torch.from_numpy(data.pair_model.astype(np.int64))
+        self.uses_nn = cfg.uses_alignment and cfg.alignment != "views"
+        self.nn_table = torch.full((len(data.domain),), -1, dtype=torch.int64)
+        self.bank = torch.zeros(len(data.domain), data.feats.shape[1])
+        d = data.feats.shape[1]
+        smallest = min(cfg.batch_size, len(rows)) * (min((data.domain[rows] == g).mean() for g in (0, 1))
+                                                       if cfg.cov_mode == "per_domain" else 1.0)
+        self.form = cfg.form if cfg.form != "auto" else ("logdet" if smallest > 1.5 * d else "coding_rate")
+        self.n_items = len(self.pairs) if self.supervised else len(self.rows)
+        self.batch_size = min(cfg.batch_size, self.n_items)
+        self.steps_per_epoch = max(1, self.n_items // self.batch_size)
+
+    def _picks(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two different view indices per row in [0, V] (V = the plain image)."""
+        v = self.source.n_views
+        a = torch.randint(0, v + 1, (n,), generator=g)
+        return a, (a + 1 + torch.randint(0, max(1, v), (n,), generator=g)) % (v + 1)
+
+    def batch(self, step: int, w: np.ndarray) -> dict:
+        """Inputs of ``step`` (CPU tensors) for this process's shard of the global batch."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        items = torch.randperm(self.n_items, generator=_generator(self.cfg.seed, "epoch", epoch))
+        items = items[pos * self.batch_size:(pos + 1) * self.batch_size][self.rank::self.world]
+        pick_a, pick_b = self._picks(len(items), _generator(self.cfg.seed, "views", step))
+        if not self.supervised and self.cfg.alignment == "xdomain_nn":
+            pick_a = torch.full_like(pick_a, self.source.n_views)  # NN pairs are made between plain images
+        if self.supervised:
+            groups = [(self.pairs[items, 0], pick_a), (self.pairs[items, 1], pick_b)]
+        else:
+            rows = self.rows[items]
+            groups = [(rows, pick_a)]
+            if w[0] > 0 and self.cfg.alignment in ("views", "both"):
+                groups.append((rows, pick_b))
+        return {"items": items, "rows": groups[0][0], "sizes": [len(r) for r, _ in groups],
+                "x": torch.cat([self.source.inputs(r, p, step) for r, p in groups]),
+                "domain": torch.cat([self.domain[r] for r, _ in groups])}
+
+    @torch.no_grad()
+    def refresh_nn(self, model: torch.nn.Module, device: torch.device, step: int, *, chunk: int = 1024) -> None:
+        """Embed every training row (plain image), then pair each synthetic row with its nearest real row
+        (cosine, in the current head space) and, with ``nn_symmetric``, each real row with its nearest synthetic."""
+        from ada_utils.losses import cross_domain_nn_positives
+
+        for part in self.rows.split(chunk):
+            x = self.source.inputs(part, None, step).to(device)
+            self.bank[part] = model(x, self.domain[part].to(device)).float().cpu()
+        real, synth = self.rows[self.domain[self.rows] == 0], self.rows[self.domain[self.rows] == 1]
+        self.nn_table[synth] = real[cross_domain_nn_positives(self.bank[synth], self.bank[real])]
+        if self.cfg.nn_symmetric:
+            self.nn_table[real] = synth[cross_domain_nn_positives(self.bank[real], self.bank[synth])]
+
+    def loss(self, model: torch.nn.Module, batch: dict, w: np.ndarray, device: torch.device
+             ) -> tuple[torch.Tensor, dict]:
+        """Loss of a planned batch with term weights ``w`` = (w_A, w_D); returns (loss, float parts)."""
+        from ada_utils import losses
+
+        cfg = self.cfg
+        amp = cfg.amp and device.type == "cuda"
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            z = model(batch["x"].to(device, non_blocking=True), batch["domain"].to(device)).float()
+        zs = z.split(batch["sizes"])
+        if self.supervised:
+            pair_model = self.pair_model[batch["items"]].to(device)
+            loss = losses.pair_contrastive_loss(zs[0], zs[1], temperature=cfg.tau, model=pair_model)
+            return loss, {"loss_pairs": float(loss.detach())}
+        za, dom, parts, total = zs[0], batch["domain"][: batch["sizes"][0]].to(device), {}, 0.0
+        if w[0] > 0:
+            terms = []
+            if cfg.alignment in ("views", "both"):
+                terms.append(losses.info_nce_loss(za, zs[1], temperature=cfg.tau))
+            if cfg.alignment in ("xdomain_nn", "both"):  # NNCLR-style: the positive comes from the bank (no grad)
+                partner = self.nn_table[batch["rows"]]
+                keep = (partner >= 0).to(device)
+                terms.append(losses.info_nce_loss(za[keep], self.bank[partner[partner >= 0]].to(device),
+                                                  temperature=cfg.tau))
+            la = torch.stack(terms).mean()
+            parts["loss_align"], total = float(la.detach()), total + w[0] * la
+        if w[1] > 0:
+            if cfg.gather and self.world > 1:  # global covariance across processes (documented flag)
+                za, dom = _all_gather(za), _all_gather(dom)
+            if cfg.infomax == "gaussian":
+                ld = losses.infomax_loss(za, eps=cfg.eps, mode=cfg.cov_kind, form=self.form, domain=dom,
+                                         per_domain=cfg.cov_mode == "per_domain")
+            else:
+                ld = losses.infomax_ica_loss(za, _unwrap(model).heads.real.weight,
+                                             nonlinearity=cfg.ica_nonlinearity)
+            parts["loss_infomax"], total = float(ld.detach()), total + w[1] * ld
+        return total, parts
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process, keeping the gradient of the local part."""
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Step ``i`` -> its planned batch; lets a DataLoader prepare image batches in worker processes."""
+
+    def __init__(self, stepper: Step, steps: range, weights: np.ndarray) -> None:
+        self.stepper, self.steps, self.weights = stepper, steps, weights
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> dict:
+        step = self.steps[i]
+        return self.stepper.batch(step, self.weights[step])
