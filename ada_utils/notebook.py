@@ -24,7 +24,7 @@ from ada_utils.config import hardware, repo_root, set_seed
 
 PARAMETERS_MARKER = "# Parameters of this chapter"
 _INJECTED_MARKER = "# Parameters\n"
-CHOICES = re.compile(r"\[([^\]\s]+(?:\|[^\]\s]+)+)\]")
+_CHOICES_RE = re.compile(r"\[([^\]\s]+(?:\|[^\]\s]+)+)\]")
 
 
 class ParameterError(ValueError):
@@ -40,7 +40,7 @@ def parse_parameters_cell(source: str) -> tuple[dict[str, Any], dict[str, list[s
     choices: dict[str, list[str]] = {}
     for line in source.splitlines():
         name, _, comment = line.partition("#")
-        match = CHOICES.search(comment)
+        match = _CHOICES_RE.search(comment)
         if "=" in name and match:
             choices[name.split("=")[0].strip()] = match.group(1).split("|")
     return defaults, choices
