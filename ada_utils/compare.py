@@ -24,21 +24,11 @@ def per_query_metrics(bf, *, real_map: Callable | None = None, synth_map: Callab
     Same protocol, gallery and maps as ``evaluate.evaluate`` (``cell_means`` of this equals its output); the
     per-query values feed the paired bootstrap over models. ``model`` ids are unique across test cases.
     """
+    from ada_utils.evaluate import stack_cells
     from ada_utils.retrieval import abc_metrics
 
-    offset, qs, qms, exs, ems, cells, start = 0, [], [], [], [], [], 0
-    for name, case in bf.cases.items():
-        exs.append(case.exemplars)
-        ems.append(case.exemplar_model + offset)
-        for prompt, q in case.queries.items():
-            qs.append(q)
-            qms.append(case.query_model[prompt] + offset)
-            cells.append((f"{name}/{prompt}", slice(start, start + len(q))))
-            start += len(q)
-        offset += int(case.exemplar_model.max()) + 1
-    qm = np.concatenate(qms)
-    res = abc_metrics(np.concatenate(qs), qm, np.concatenate(exs), np.concatenate(ems), bf.distractors, ks,
-                      real_map=real_map, synth_map=synth_map)
+    q, qm, ex, em, cells = stack_cells(bf)
+    res = abc_metrics(q, qm, ex, em, bf.distractors, ks, real_map=real_map, synth_map=synth_map)
     return {name: {**{f"R@{k}": np.asarray(res["recall_per_query"][k][sl]) for k in ks},
                    "AP": np.asarray(res["ap"][sl]), "model": qm[sl]} for name, sl in cells}
 

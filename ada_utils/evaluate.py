@@ -86,7 +86,7 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
     return BenchmarkFeatures(out, dist.feats, dict(encoder.spec), dist.ids, root)
 
 
-def _cells(bf: BenchmarkFeatures):
+def stack_cells(bf: BenchmarkFeatures):
     """Global model ids (offset per case) so that one metric call covers every cell; yields per-cell slices."""
     offset, qs, qms, exs, ems, cells = 0, [], [], [], [], []
     start = 0
@@ -113,7 +113,7 @@ def evaluate(bf: BenchmarkFeatures, *, real_map: FeatureMap | None = None, synth
         ``{"<test case>/<prompt>": {"R@5": float, "R@10": float, "R@100": float, "mAP": float,
         "n_queries": int}}`` (one ``R@k`` per k in ``ks``), fractions in [0, 1].
     """
-    q, qm, ex, em, cells = _cells(bf)
+    q, qm, ex, em, cells = stack_cells(bf)
     res = abc_metrics(q, qm, ex, em, bf.distractors, ks, real_map=real_map, synth_map=synth_map, device=device,
                       progress=progress)
     return {name: {**{f"R@{k}": float(res["recall_per_query"][k][sl].mean()) for k in ks},

@@ -63,7 +63,7 @@ def metric_bars(summary: dict, metric: str = "R@5", *, methods: Sequence[str] | 
     ax.set_xticks(x, [c.replace("/", "\n") for c in cells], fontsize=8)
     ax.set_ylabel(f"{metric} (fraction)")
     ax.set_title(f"{metric} per cell (official AbC metric; mean ± std over seeds {summary['seeds']})")
-    ax.legend(ncol=4, fontsize=8, loc="upper right")
+    ax.legend(ncol=5, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     return fig
 
 
