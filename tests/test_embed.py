@@ -113,10 +113,10 @@ def test_seeded_transform_views_are_reproducible(images, tmp_path):
 def test_two_ranks_share_the_work_and_rank0_merges(images, tmp_path, monkeypatch):
     ref = embed_images(TinyEncoder(), images, cache=tmp_path / "ref", progress=False)
     kw = dict(cache=tmp_path / "c", chunk_size=2, world_size=2, progress=False, timeout=60)
-    enc1, results = TinyEncoder(), {}
+    # Both encoders are built before the worker starts: TinyEncoder seeds torch's global RNG, which threads share.
+    enc0, enc1, results = TinyEncoder(), TinyEncoder(), {}
     worker = threading.Thread(target=lambda: results.setdefault(1, embed_images(enc1, images, rank=1, **kw)))
     worker.start()
-    enc0 = TinyEncoder()
     out = embed_images(enc0, images, rank=0, **kw)
     worker.join()
     np.testing.assert_allclose(out.feats, ref.feats, atol=1e-6)
