@@ -60,7 +60,7 @@ def metric_bars(summary: dict, metric: str = "R@5", *, methods: Sequence[str] | 
         ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=std, label=m, capsize=2,
                color=METHOD_COLORS.get(m))
     ax.scatter(x, [summary["chance"][c][metric] for c in cells], marker="_", s=400, color="k", label="chance")
-    ax.set_xticks(x, [c.replace("/", "\n") for c in cells], fontsize=8)
+    ax.set_xticks(x, [c.removeprefix("test_").replace("/", "\n") for c in cells], fontsize=8)
     ax.set_ylabel(f"{metric} (fraction)")
     ax.set_title(f"{metric} per cell (official AbC metric; mean ± std over seeds {summary['seeds']})")
     ax.legend(ncol=5, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22))
