@@ -5,7 +5,7 @@ Every field of ``TrainConfig`` is an option with the same name (``--lam 0.5``, `
 
     ada train --method ada --scale small --seed 0            # runs/03_train/ada-seed0/
     ada train --method supervised --scale tiny --resume
-    torchrun --nproc_per_node=4 -m ada_utils train --method ada --finetune last_k --device cuda \\
+    torchrun --nproc_per_node=4 -m ada_utils train --method ada --solver gradient --finetune last_k --device cuda \\
         --backbone dino --weights dino_deitsmall16_pretrain.pth --image-size 224 --data-root /data/abc
 """
 

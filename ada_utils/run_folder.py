@@ -31,7 +31,7 @@ def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: Domai
     return {"config": dataclasses.asdict(cfg), "data_hash": data.fingerprint(with_pairs=cfg.method == "supervised"),
             "n_rows": int(len(rows)), "feature_dim": int(data.feats.shape[1]), "head_kind": model.kind,
             "shared": model.shared, "library_versions": library_versions(), "hardware": hardware(),
-            "status": "running"}
+            "fit": getattr(model, "fit_info", {}), "status": "running"}
 
 
 def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -> bool:

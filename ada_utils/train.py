@@ -65,13 +65,13 @@ def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHe
     torch.manual_seed(cfg.seed)
     per_domain_fit = cfg.method == "whiten" and cfg.cov_mode == "per_domain"  # ICA: one pooled rotation
     shared = cfg.method != "supervised" and not per_domain_fit and (cfg.method in CLOSED_FORM or cfg.heads == "shared")
-    kind = "linear" if cfg.method in CLOSED_FORM else cfg.head
+    kind = "linear" if cfg.fitted_in_closed_form else cfg.head
     model = DomainHeads(kind, data.feats.shape[1], shared=shared)
     x, dom = data.feats[rows].astype(np.float64), data.domain[rows]
     c_real, c_synth = _centers(cfg, x, dom)
     model.set_centers(torch.from_numpy(c_real), torch.from_numpy(c_synth))
     xc = x - np.where(dom[:, None] == 1, c_synth, c_real)
-    if cfg.method in ("pretrained", "supervised") or (cfg.method not in CLOSED_FORM and cfg.init == "identity"):
+    if cfg.method in ("pretrained", "supervised") or (not cfg.fitted_in_closed_form and cfg.init == "identity"):
         # supervised: AbC's two identity-initialised linear maps, whatever ``init`` says
         return model
     groups = [(model.real, dom == 0), (model.synth, dom == 1)] if not shared else [(model.real, dom >= 0)]
@@ -88,9 +88,43 @@ def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHe
         w_ica, b_ica = fit_fastica(pooled, seed=cfg.seed)
         for w, b in maps:
             w[:k], b[:k] = w_ica @ w[:k], w_ica @ b[:k] + b_ica
+    if cfg.closed_form_ada:
+        maps = _closed_form_ada(cfg, data, rows, [mask for _, mask in groups], maps, (c_real, c_synth), model)
     for (head, _), (w, b) in zip(groups, maps):
         _set_linear(head, w.astype(np.float32), b.astype(np.float32))
     return model
+
+
+def _closed_form_ada(cfg: TrainConfig, data: TrainData, rows: np.ndarray, masks: list[np.ndarray],
+                     maps: list[tuple[np.ndarray, np.ndarray]], centers: tuple[np.ndarray, np.ndarray],
+                     model: DomainHeads) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``closed_form.ada_head`` on top of the whitening ``maps``; the fit's spectrum goes to ``model.fit_info``."""
+    from ada_utils import closed_form
+
+    dom = data.domain[rows]
+
+    def whiten(x: np.ndarray) -> np.ndarray:  # training rows (row order of ``rows``) -> whitened coordinates
+        xc = x.astype(np.float64) - np.where(dom[:, None] == 1, centers[1], centers[0])
+        out = np.empty_like(xc)
+        for mask, (w, b) in zip(masks, maps):
+            out[mask] = xc[mask] @ w.T + b
+        return out
+
+    u = whiten(data.feats[rows])
+    scatters = []
+    if cfg.alignment in ("views", "both"):
+        if data.views is None or len(data.views) == 0:
+            raise ValueError(f"alignment={cfg.alignment!r} pairs each image with its augmented views: build "
+                             "TrainData with n_views >= 1")
+        scatters.append(np.mean([closed_form.pair_scatter(u, whiten(v[rows])) for v in data.views], axis=0))
+    if cfg.alignment in ("xdomain_nn", "both"):
+        synth, real = np.flatnonzero(dom == 1), np.flatnonzero(dom == 0)
+        pairs = closed_form.mutual_nn_pairs(u[synth], u[real])
+        if len(pairs) == 0:
+            raise ValueError("alignment='xdomain_nn': no mutual nearest real/synthetic neighbours in the training rows")
+        scatters.append(closed_form.pair_scatter(u[synth[pairs[:, 0]]], u[real[pairs[:, 1]]]))
+    head, model.fit_info = closed_form.ada_head(np.mean(scatters, axis=0), cfg.lam)
+    return [(head @ w, head @ b) for w, b in maps]
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -203,7 +237,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
                              n_views=cfg.n_views, seed=cfg.seed)
     model = EncoderWithHeads(heads, encoder).to(device)
     stepper = Step(cfg, data, rows, source, rank=rank, world=world)
-    total = 0 if cfg.method in CLOSED_FORM else cfg.epochs * stepper.steps_per_epoch
+    total = 0 if cfg.fitted_in_closed_form else cfg.epochs * stepper.steps_per_epoch
     lrs, weights = lr_schedule(cfg, max(total, 1)), lambda_schedule(cfg, max(total, 1))
     header.update(steps=total, steps_per_epoch=stepper.steps_per_epoch, infomax_form=stepper.form, world_size=world)
     opt = _optimizer(cfg, model) if total else None

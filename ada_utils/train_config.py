@@ -9,14 +9,19 @@ ica            whitening followed by FastICA (scikit-learn), the closed-form Inf
 align          alignment loss only (``alignment``: InfoNCE between augmented views, cross-domain
                nearest-neighbour positives, or both)
 disentangle    Infomax loss only (``infomax``: "gaussian" log-det / coding rate, or "ica" Bell–Sejnowski)
-ada            L = L_A + λ L_D, two-stage (alignment first, then both) or joint
+ada            L = L_A + λ L_D: solved exactly for a linear head on frozen features (``solver="closed_form"``,
+               ``closed_form``: squared-distance alignment of unlabelled positive pairs under a Gaussian
+               Infomax term), or trained by gradient (``solver="gradient"``: InfoNCE alignment, any head,
+               fine-tuning, two-stage or joint schedule)
 supervised     AbC's tuned baseline: a real and a synthetic head, InfoNCE over (exemplar, synthetic) pairs
 =============  ==========================================================================================
 
 Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
-reads ``TrainData.pairs`` (``train_data``). Defaults (per-domain heads started at per-domain
-whitening, cross-domain nearest-neighbour InfoNCE, coding-rate Infomax with λ = 0.05) were chosen on
-``validation_split`` of the *training* models, never on test cells.
+reads ``TrainData.pairs`` (``train_data``). Defaults (closed-form solver, per-domain whitening, positive pairs
+from augmented views of the "gap" family and mutual cross-domain neighbours, λ = 30) were chosen on the
+held-out ``validation_split`` of the *training* models, never on test cells; that choice is close to plain
+whitening, because no smaller λ helped on held-out images (``04_ablations`` shows why). λ's scale depends on
+the alignment loss: squared distance for the closed form, InfoNCE for the gradient solver (λ ≈ 1 there).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ CHOICES = {
     "init": ("identity", "whiten"), "heads": ("shared", "per_domain"), "center": ("none", "pooled", "per_domain"),
     "alignment": ("views", "xdomain_nn", "both"), "train_domains": ("both", "real", "synth"),
     "optimizer": ("adamw", "sgd"), "schedule": ("two_stage", "joint"), "finetune": ("frozen", "last_k", "full"),
-    "ica_nonlinearity": ("logistic", "tanh"), "augment": ("generic", "gap"),
+    "ica_nonlinearity": ("logistic", "tanh"), "augment": ("generic", "gap"), "solver": ("closed_form", "gradient"),
 }
 # Parameters that may differ between a checkpoint and its resumption (they do not change the arithmetic).
 RESUME_FREE = ("device", "checkpoint_every", "num_workers")
@@ -48,11 +53,12 @@ class TrainConfig:
     """Every knob of a training run (one name per knob across notebook parameters, CLI and config.json)."""
 
     method: str = "ada"  # see the module docstring
+    solver: str = "closed_form"  # ada only: exact minimiser (linear head, frozen encoder) | gradient training
     infomax: str = "gaussian"  # reading of "Infomax": Gaussian log-det | Bell–Sejnowski ICA
     cov_mode: str = "per_domain"  # Gaussian Infomax on one pooled covariance or averaged per domain
     cov_kind: str = "cov"  # covariance or correlation matrix in the log-det
     form: str = "coding_rate"  # log-det (needs batch > dim) | coding rate (any batch) | auto = pick by batch size
-    lam: float = 0.05  # λ: weight of the disentanglement loss (>= 0)
+    lam: float = 30.0  # λ: weight of the disentanglement loss (>= 0; > 0 for the closed form)
     tau: float = 0.1  # InfoNCE temperature
     eps: float = 0.5  # ridge ε of the log-det (use ~1e-3) / ε of the coding rate (MCR² uses ε² = 0.5)
     head: str = "linear"  # head kind, identity at init
@@ -60,7 +66,7 @@ class TrainConfig:
     init: str = "whiten"  # linear head init: identity | closed-form ZCA whitening of training features
     shrinkage: float = -1.0  # covariance shrinkage of closed-form whitening in [0, 1]; -1 = Ledoit–Wolf estimate
     center: str = "per_domain"  # fixed input centring from training means: none | pooled | per real/synth domain
-    alignment: str = "xdomain_nn"  # views = InfoNCE between augmented views; xdomain_nn = cross-domain NN pairs
+    alignment: str = "both"  # positive pairs: an image and its augmented views | cross-domain NN pairs | both
     nn_refresh: int = 10  # steps between recomputing the nearest-neighbour table
     nn_symmetric: bool = True  # also pair each real image with its nearest synthetic image
     train_domains: str = "both"  # which unlabelled training images the head sees
@@ -108,6 +114,12 @@ class TrainConfig:
         if self.method in ("align", "ada") and self.alignment != "views" and self.train_domains != "both":
             raise ValueError(f"alignment={self.alignment!r} pairs real with synthetic images: it needs "
                              f"train_domains='both', got {self.train_domains!r}")
+        if self.closed_form_ada:
+            wrong = {k: getattr(self, k) for k, ok in (("head", "linear"), ("finetune", "frozen"),
+                                                       ("infomax", "gaussian")) if getattr(self, k) != ok}
+            if wrong or not self.lam > 0:
+                raise ValueError(f"solver='closed_form' solves a linear head on frozen features with the Gaussian "
+                                 f"Infomax and lam > 0; got {wrong or {'lam': self.lam}}: use solver='gradient'")
         if self.infomax == "ica" and self.uses_infomax and self.head != "linear":
             raise ValueError("infomax='ica' needs head='linear' (a square invertible W)")
         from ada_utils.encoders import get_recipe
@@ -120,6 +132,15 @@ class TrainConfig:
             raise ValueError(f"shrinkage={self.shrinkage} must be in [0, 1] or -1 (Ledoit–Wolf)")
         if not 0 <= self.stage1_frac < 1:
             raise ValueError(f"stage1_frac={self.stage1_frac} must be in [0, 1)")
+
+    @property
+    def closed_form_ada(self) -> bool:
+        return self.method == "ada" and self.solver == "closed_form"
+
+    @property
+    def fitted_in_closed_form(self) -> bool:
+        """No gradient steps: the closed-form controls and closed-form ``ada``."""
+        return self.method in CLOSED_FORM or self.closed_form_ada
 
     @property
     def uses_infomax(self) -> bool:

@@ -1,13 +1,12 @@
 """The unlabelled training pool as cached features, the rows a run trains on, and a validation split.
 
 Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
-reads ``TrainData.pairs``. ``validation_split`` carves validation models from the *training* split, so
-defaults are chosen without test cells.
+reads ``TrainData.pairs``. ``validation_split`` carves held-out validation models from the *training* split,
+so defaults are chosen without test cells.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -119,15 +118,16 @@ def select_rows(cfg: TrainConfig, data: TrainData) -> np.ndarray:
 
 
 def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
-    """A validation benchmark carved from the *training* split, for choosing defaults without test cells.
+    """A held-out validation benchmark carved from the *training* split, for choosing defaults without test cells.
 
     Every ``every``-th training model is a validation model: its synthetic images are queries, its exemplars the
-    targets, and the exemplars of the other training models are the distractors (real images). Unsupervised
-    variants may still train on the whole unlabelled pool (they never see the pairs); the supervised baseline
-    must train on the returned ``train_data`` (pairs of validation models removed).
+    targets, and the exemplars of the other training models are the distractors (real images). Every image of a
+    validation model is removed from the returned training data, for the unsupervised methods too: fitting on
+    the validation images themselves (transductively) rewards statistics that do not carry over to new images
+    (``04_ablations`` measures how much).
 
     Returns:
-        (``evaluate.BenchmarkFeatures`` with one case ``"val"``, ``TrainData`` without validation pairs).
+        (``evaluate.BenchmarkFeatures`` with one case ``"val"``, ``TrainData`` of the other models' images).
     """
     from ada_utils.data import json_path, load_test_case
     from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures
@@ -139,10 +139,11 @@ def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
     val = [m for m in range(len(case.models)) if m % every == 0]
     new_id = {m: i for i, m in enumerate(val)}
     ex_rows = [[row[Path(p).resolve()] for p in case.models[m].exemplars] for m in range(len(case.models))]
-    queries, query_model = {}, {}
+    queries, query_model, held = {}, {}, {r for m in val for r in ex_rows[m]}
     for prompt in case.prompt_types:
         keep = [(row[Path(p).resolve()], new_id[m]) for p, m in zip(case.queries[prompt],
                                                                     case.query_model[prompt].tolist()) if m in new_id]
+        held.update(r for r, _ in keep)
         if keep:
             queries[prompt] = data.feats[[k for k, _ in keep]]
             query_model[prompt] = np.asarray([m for _, m in keep], dtype=np.int64)
@@ -151,8 +152,17 @@ def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
     distractors = [r for m in range(len(case.models)) if m not in new_id for r in ex_rows[m]]
     bf = BenchmarkFeatures({"val": CaseFeatures(queries, query_model, data.feats[exemplars], exemplar_model)},
                            data.feats[distractors], {})
-    train_data = data
+    return bf, subset(data, np.asarray([r for r in range(len(data.feats)) if r not in held], dtype=np.int64))
+
+
+def subset(data: TrainData, rows: np.ndarray) -> TrainData:
+    """``data`` restricted to ``rows`` (pool order kept); pairs with a dropped image are dropped."""
+    new = np.full(len(data.feats), -1, dtype=np.int64)
+    new[rows] = np.arange(len(rows))
+    pairs = pair_model = None
     if data.pairs is not None:
-        keep = data.pair_model % every != 0
-        train_data = dataclasses.replace(data, pairs=data.pairs[keep], pair_model=data.pair_model[keep])
-    return bf, train_data
+        keep = (new[data.pairs] >= 0).all(axis=1)
+        pairs, pair_model = new[data.pairs[keep]], data.pair_model[keep]
+    return TrainData(data.feats[rows], data.domain[rows], None if data.views is None else data.views[:, rows],
+                     None if data.ids is None else [data.ids[r] for r in rows], pairs, pair_model,
+                     None if data.paths is None else [data.paths[r] for r in rows])

@@ -35,7 +35,7 @@ def _data(n: int = 240, d: int = 12, seed: int = 0) -> TrainData:
 
 def _cfg(**kw) -> TrainConfig:
     base = {"epochs": 4, "batch_size": 64, "lr": 1e-2, "checkpoint_every": 3, "form": "logdet", "eps": 1e-3,
-            "lam": 1.0, "init": "identity", "heads": "shared", "cov_mode": "pooled"}
+            "lam": 1.0, "init": "identity", "heads": "shared", "cov_mode": "pooled", "solver": "gradient"}
     return TrainConfig(**{**base, **kw})
 
 
@@ -157,6 +157,9 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypa
     ({"method": "disentangle", "batch_size": 1}, "batch_size=1"),
     ({"alignment": "xdomain_nn", "train_domains": "synth"}, "train_domains='both'"),
     ({"infomax": "ica", "head": "mlp"}, "infomax='ica' needs head='linear'"),
+    ({"solver": "closed_form", "head": "mlp"}, "use solver='gradient'"),
+    ({"solver": "closed_form", "lam": 0.0}, r"lam.*use solver='gradient'"),
+    ({"solver": "closed_form", "finetune": "last_k"}, "'finetune': 'last_k'"),
 ])
 def test_bad_parameters_are_named(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -168,9 +171,10 @@ def test_supervised_needs_pairs_and_ada_never_reads_them(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="needs TrainData.pairs"):
         train(_cfg(method="supervised"), dataclasses.replace(data, pairs=None), tmp_path / "s", progress=False)
     shuffled = dataclasses.replace(data, pairs=data.pairs[::-1].copy(), pair_model=data.pair_model[::-1].copy())
-    a = train(_cfg(method="ada"), data, tmp_path / "a", progress=False)
-    b = train(_cfg(method="ada"), shuffled, tmp_path / "b", progress=False)
-    assert torch.equal(a.model.real.weight, b.model.real.weight)
+    for solver in ("gradient", "closed_form"):
+        a = train(_cfg(method="ada", solver=solver), data, tmp_path / f"a{solver}", progress=False)
+        b = train(_cfg(method="ada", solver=solver), shuffled, tmp_path / f"b{solver}", progress=False)
+        assert torch.equal(a.model.real.weight, b.model.real.weight)
 
 
 def test_image_path_fine_tunes_only_the_last_block(tmp_path: Path) -> None:
@@ -221,7 +225,8 @@ def _tiny_abc(root: Path, *, names: list[str], owner: list[int], seed: int = 0) 
     return root
 
 
-def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("solver", ["gradient", "closed_form"])
+def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path, solver: str) -> None:
     pytest.importorskip("ada_utils.embed", reason="ada_utils.embed not available yet")
     from ada_utils.encoders import load_encoder
     from ada_utils.train_data import training_data
@@ -230,7 +235,7 @@ def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path) -> N
     encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)
     a = _tiny_abc(tmp_path / "a", names=["n01", "n02", "n03"], owner=[0, 1, 2])
     b = _tiny_abc(tmp_path / "b", names=["zebra", "apple", "m"], owner=[2, 0, 1])
-    cfg = _cfg(method="ada", alignment="both", batch_size=8, epochs=3, form="coding_rate", eps=0.5)
+    cfg = _cfg(method="ada", alignment="both", batch_size=8, epochs=3, form="coding_rate", eps=0.5, solver=solver)
     weights = []
     for root in (a, b):
         data = training_data(encoder, root, n_views=1, progress=False)
@@ -240,11 +245,11 @@ def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path) -> N
     assert not np.array_equal(sup[0], sup[1])  # the pairs did change: only the supervised baseline sees them
 
 
-def test_default_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
+def test_gradient_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
     from ada_utils.train import build_model
     from ada_utils.train_data import select_rows
 
-    data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256)
+    data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256, solver="gradient")
     assert cfg.method == "ada" and cfg.heads == "per_domain" and cfg.init == "whiten"
     rows = select_rows(cfg, data)
     start = build_model(cfg, data, rows)
@@ -256,3 +261,20 @@ def test_default_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
     assert not res.model.shared and res.steps == 3 and all(np.isfinite(r["loss"]) for r in res.log)
     sup = build_model(TrainConfig(method="supervised"), data, rows)  # AbC: identity maps whatever init says
     assert torch.equal(sup.real.weight, torch.eye(12)) and torch.equal(sup.synth.weight, torch.eye(12))
+
+
+def test_validation_split_holds_out_every_image_of_validation_models(tmp_path: Path) -> None:
+    from ada_utils.encoders import load_encoder
+    from ada_utils.train_data import training_data, validation_split
+
+    torch.manual_seed(0)
+    encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)
+    root = _tiny_abc(tmp_path / "a", names=["n01", "n02", "n03"], owner=[0, 1, 2])
+    data = training_data(encoder, root, n_views=1, with_pairs=True, progress=False)
+    bf, fit = validation_split(root, data, every=2)  # models 0 and 2 validate, model 1 trains
+    case = bf.cases["val"]
+    assert len(case.exemplars) == 2 and len(case.queries["scene"]) == 6 and len(bf.distractors) == 1
+    assert sorted(str(p) for p in fit.paths) == sorted(str(p) for p in data.paths if "/n02/" in str(p))
+    assert len(fit.feats) == fit.views.shape[1] == 4 and sorted(fit.domain.tolist()) == [0, 1, 1, 1]
+    assert fit.pairs.shape == (3, 2) and (fit.domain[fit.pairs[:, 0]] == 0).all()
+    assert np.array_equal(fit.feats[fit.pairs[:, 1]], data.feats[data.pairs[data.pair_model == 1][:, 1]])

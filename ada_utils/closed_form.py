@@ -1,0 +1,118 @@
+"""The exact minimiser of L = L_A + λ L_D for a linear head on frozen features (``solver="closed_form"``).
+
+Setting (design section 6, a reconstruction from the abstract): features ``u`` are whitened per domain (the
+Infomax optimum, ``whitening.Whitening``), and one square head ``W`` maps both domains, ``y = W u``.
+Unlabelled positive pairs ``(u_i, u_j)`` (an image and its augmented view, or mutual nearest real/synthetic
+neighbours) give the alignment scatter ``S = E[(u_i − u_j)(u_i − u_j)ᵀ]``, rescaled to mean eigenvalue 1 so
+that λ does not depend on the feature scale. With
+
+    L_A(W) = tr(W S Wᵀ)                 (mean squared distance of positive pairs; InfoNCE's alignment term)
+    L_D(W) = −½ log det(W Σ_g Wᵀ)        (Gaussian Infomax of each domain; = −log|det W| + const)
+
+and the head's scale fixed by ``‖W‖_F² = d`` (retrieval is by cosine, so scale is not a free direction;
+the design's L_D acts on normalised embeddings for the same reason), the stationary point of the Lagrangian
+``L_A + λ L_D + μ(‖W‖_F² − d)`` is
+
+    W*² = (λ/2) (S + μ I)⁻¹,    μ the root of  (λ/2) · mean_i 1/(s_i + μ) = 1   (s_i the eigenvalues of S),
+
+so W* keeps every direction but shrinks those along which positive pairs differ (nuisance) relative to those
+they share (concept): CCA's "align the matched pairs subject to whitened outputs", with the pairs made without
+labels. λ → ∞ gives μ → ∞ and W* → I (pure Infomax = whitening); λ → 0 collapses onto the best-aligned
+direction (pure alignment). The same objective trained by gradient descent is ``losses`` + ``train``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pair_scatter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Second moment ``E[(a − b)(a − b)ᵀ]`` (D, D) float64 of the differences of row-paired features (N, D)."""
+    if a.ndim != 2 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"pair_scatter: need two (N, D) arrays of one shape with N >= 1, got {a.shape}, {b.shape}")
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return diff.T @ diff / len(diff)
+
+
+def mutual_nn_pairs(z_synth: np.ndarray, z_real: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+    """(P, 2) int64 index pairs (synthetic row, real row) that are each other's cosine nearest neighbour.
+
+    Mutual nearest neighbours are the high-precision subset of cross-domain neighbour pairs: both images
+    must pick each other. No labels are read.
+    """
+    zs = z_synth / np.maximum(np.linalg.norm(z_synth, axis=1, keepdims=True), 1e-12)
+    zr = z_real / np.maximum(np.linalg.norm(z_real, axis=1, keepdims=True), 1e-12)
+    s_to_r = np.concatenate([np.argmax(c @ zr.T, axis=1) for c in np.array_split(zs, max(1, len(zs) // chunk))])
+    r_to_s = np.concatenate([np.argmax(c @ zs.T, axis=1) for c in np.array_split(zr, max(1, len(zr) // chunk))])
+    synth = np.flatnonzero(r_to_s[s_to_r] == np.arange(len(zs)))
+    return np.stack([synth, s_to_r[synth]], axis=1).astype(np.int64)
+
+
+def lagrange_multiplier(eigvals: np.ndarray, lam: float, *, tol: float = 1e-12) -> float:
+    """μ with ``(λ/2) · mean(1/(s + μ)) = 1`` and ``s + μ > 0`` (bisection; the left side falls in μ)."""
+    if not lam > 0:
+        raise ValueError(f"lam={lam}: the closed form needs λ > 0 (λ = 0 is pure alignment, which collapses)")
+    s = np.asarray(eigvals, np.float64)
+
+    def excess(mu: float) -> float:
+        return 0.5 * lam * float(np.mean(1.0 / (s + mu))) - 1.0
+
+    lo = -s.min() + 1e-15 * max(1.0, abs(s.min()))
+    hi = max(1.0, 0.5 * lam - s.min())  # mean(1/(s+μ)) <= 1/(s_min+μ) = 2/λ there, so excess(hi) <= 0
+    while hi - lo > tol * max(1.0, abs(hi)):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def ada_head(scatter: np.ndarray, lam: float) -> tuple[np.ndarray, dict]:
+    """W* (D, D) float64, symmetric, ``‖W*‖_F² = D``: the minimiser described in the module docstring.
+
+    Args:
+        scatter: (D, D) alignment scatter of positive-pair differences in whitened coordinates.
+        lam: λ > 0, weight of the Infomax term (larger = closer to plain whitening).
+
+    Returns:
+        (W*, info) with info = {"lam", "mu", "eigvals": the normalised spectrum s (ascending), "gains": the
+        per-direction scale sqrt(λ/2/(s+μ)) of W*} (plotted by ``03_train``).
+    """
+    d = scatter.shape[0]
+    if scatter.shape != (d, d) or not np.all(np.isfinite(scatter)):
+        raise ValueError(f"ada_head: scatter must be a finite (D, D) matrix, got shape {scatter.shape}")
+    s, vecs = np.linalg.eigh(0.5 * (scatter + scatter.T))
+    s = np.clip(s, 0.0, None) * (d / max(float(s.clip(0).sum()), 1e-300))
+    mu = lagrange_multiplier(s, lam)
+    gains = np.sqrt(0.5 * lam / (s + mu))
+    return (vecs * gains) @ vecs.T, {"lam": float(lam), "mu": float(mu), "eigvals": s.tolist(), "gains": gains.tolist()}
+
+
+def lambda_path(eigvals: np.ndarray, lams: np.ndarray) -> dict[str, np.ndarray]:
+    """L_A and L_D (without its constant) of W*(λ) for each λ, from the normalised spectrum alone.
+
+    With gains g_i² = (λ/2)/(s_i + μ): L_A = Σ s_i g_i², L_D = −Σ log g_i; whitening (g = 1) has L_A = D, L_D = 0.
+    """
+    s = np.asarray(eigvals, np.float64)
+    out = {"lam": np.asarray(lams, np.float64), "align": [], "infomax": []}
+    for lam in out["lam"]:
+        g2 = 0.5 * lam / (s + lagrange_multiplier(s, lam))
+        out["align"].append(float(np.sum(s * g2)))
+        out["infomax"].append(float(-0.5 * np.sum(np.log(g2))))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def objective(w: np.ndarray, scatter: np.ndarray, lam: float) -> float:
+    """L_A + λ L_D of a head ``w`` (up to the constant of L_D), with ``scatter`` normalised as in ``ada_head``."""
+    d = scatter.shape[0]
+    s = scatter * (d / np.trace(scatter))
+    return float(np.trace(w @ s @ w.T) - lam * np.linalg.slogdet(w)[1])
+
+
+def subspace_procrustes(a: np.ndarray, b: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """(D, D) map ``I + Qᵀ(R − I)Q``: the rotation R of the k-dim subspace ``basis`` Q (k, D, orthonormal rows)
+    that best maps rows of ``a`` onto rows of ``b`` (orthogonal Procrustes, R = UVᵀ from the SVD of
+    (bQᵀ)ᵀ(aQᵀ)), identity outside the subspace. Used with *labelled* training pairs as an oracle: how much a
+    rotation could align the two whitened domains at all."""
+    pa, pb = np.asarray(a, np.float64) @ basis.T, np.asarray(b, np.float64) @ basis.T
+    u, _, vt = np.linalg.svd(pb.T @ pa)
+    k = len(basis)
+    return np.eye(basis.shape[1]) + basis.T @ (u @ vt - np.eye(k)) @ basis
