@@ -89,42 +89,12 @@ def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHe
         for w, b in maps:
             w[:k], b[:k] = w_ica @ w[:k], w_ica @ b[:k] + b_ica
     if cfg.closed_form_ada:
-        maps = _closed_form_ada(cfg, data, rows, [mask for _, mask in groups], maps, (c_real, c_synth), model)
+        from ada_utils.closed_form import fit_ada
+
+        maps, model.fit_info = fit_ada(cfg, data, rows, [mask for _, mask in groups], maps, (c_real, c_synth))
     for (head, _), (w, b) in zip(groups, maps):
         _set_linear(head, w.astype(np.float32), b.astype(np.float32))
     return model
-
-
-def _closed_form_ada(cfg: TrainConfig, data: TrainData, rows: np.ndarray, masks: list[np.ndarray],
-                     maps: list[tuple[np.ndarray, np.ndarray]], centers: tuple[np.ndarray, np.ndarray],
-                     model: DomainHeads) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``closed_form.ada_head`` on top of the whitening ``maps``; the fit's spectrum goes to ``model.fit_info``."""
-    from ada_utils import closed_form
-
-    dom = data.domain[rows]
-
-    def whiten(x: np.ndarray) -> np.ndarray:  # training rows (row order of ``rows``) -> whitened coordinates
-        xc = x.astype(np.float64) - np.where(dom[:, None] == 1, centers[1], centers[0])
-        out = np.empty_like(xc)
-        for mask, (w, b) in zip(masks, maps):
-            out[mask] = xc[mask] @ w.T + b
-        return out
-
-    u = whiten(data.feats[rows])
-    scatters = []
-    if cfg.alignment in ("views", "both"):
-        if data.views is None or len(data.views) == 0:
-            raise ValueError(f"alignment={cfg.alignment!r} pairs each image with its augmented views: build "
-                             "TrainData with n_views >= 1")
-        scatters.append(np.mean([closed_form.pair_scatter(u, whiten(v[rows])) for v in data.views], axis=0))
-    if cfg.alignment in ("xdomain_nn", "both"):
-        synth, real = np.flatnonzero(dom == 1), np.flatnonzero(dom == 0)
-        pairs = closed_form.mutual_nn_pairs(u[synth], u[real])
-        if len(pairs) == 0:
-            raise ValueError("alignment='xdomain_nn': no mutual nearest real/synthetic neighbours in the training rows")
-        scatters.append(closed_form.pair_scatter(u[synth[pairs[:, 0]]], u[real[pairs[:, 1]]]))
-    head, model.fit_info = closed_form.ada_head(np.mean(scatters, axis=0), cfg.lam)
-    return [(head @ w, head @ b) for w, b in maps]
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -221,6 +191,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
     rows = select_rows(cfg, data)
+    t0 = time.perf_counter()  # seconds of a run = closed-form fits + training steps
     heads = build_model(cfg, data, rows)
     header = run_header(cfg, data, rows, heads)
     if rank == 0:
@@ -256,7 +227,6 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     batches = StepBatches(stepper, range(start, total), weights)
     loader = (batches[i] for i in range(len(batches))) if cfg.num_workers == 0 else torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    t0 = time.perf_counter()
     try:
         bar = tqdm(zip(range(start, total), loader), total=total - start, desc=f"train {cfg.method}",
                    disable=not progress or rank != 0, leave=False)
