@@ -52,3 +52,17 @@ def test_notebook_executes_with_smoke_parameters(name: str, tiny_root: Path, tmp
 def test_misspelt_or_bad_parameter_fails_clearly(params, message, tiny_root: Path, tmp_path: Path):
     with pytest.raises(pm.PapermillExecutionError, match=message):
         _execute("00_data", tmp_path / "bad.ipynb", **params)
+
+
+@pytest.mark.slow
+def test_training_chapter_runs_the_gradient_solver(tiny_root: Path, tmp_path: Path):
+    """The default chapter fits ada in closed form; the gradient solver (loss curves) must run from papermill too."""
+    import json
+    import re
+
+    _execute("03_train", tmp_path / "03_gradient.ipynb", solver="gradient", lam=1.0)
+    nb = json.loads((tmp_path / "03_gradient.ipynb").read_text())
+    text = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
+                   for c in nb["cells"] for o in c.get("outputs", []))
+    steps = re.search(r"ada: (\d+) steps in", text)
+    assert steps and int(steps.group(1)) > 0, "the gradient solver took no training steps"
