@@ -41,17 +41,19 @@ def pair_scatter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return diff.T @ diff / len(diff)
 
 
-def mutual_nn_pairs(z_synth: np.ndarray, z_real: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+def mutual_nn_pairs(z_synth: np.ndarray, z_real: np.ndarray) -> np.ndarray:
     """(P, 2) int64 index pairs (synthetic row, real row) that are each other's cosine nearest neighbour.
 
     Mutual nearest neighbours are the high-precision subset of cross-domain neighbour pairs: both images
-    must pick each other. No labels are read.
+    must pick each other (each direction is ``losses.cross_domain_nn_positives``). No labels are read.
     """
-    zs = z_synth / np.maximum(np.linalg.norm(z_synth, axis=1, keepdims=True), 1e-12)
-    zr = z_real / np.maximum(np.linalg.norm(z_real, axis=1, keepdims=True), 1e-12)
-    s_to_r = np.concatenate([np.argmax(c @ zr.T, axis=1) for c in np.array_split(zs, max(1, len(zs) // chunk))])
-    r_to_s = np.concatenate([np.argmax(c @ zs.T, axis=1) for c in np.array_split(zr, max(1, len(zr) // chunk))])
-    synth = np.flatnonzero(r_to_s[s_to_r] == np.arange(len(zs)))
+    import torch
+
+    from ada_utils.losses import cross_domain_nn_positives
+
+    zs, zr = torch.from_numpy(np.asarray(z_synth)), torch.from_numpy(np.asarray(z_real))
+    s_to_r, r_to_s = cross_domain_nn_positives(zs, zr).numpy(), cross_domain_nn_positives(zr, zs).numpy()
+    synth = np.flatnonzero(r_to_s[s_to_r] == np.arange(len(s_to_r)))
     return np.stack([synth, s_to_r[synth]], axis=1).astype(np.int64)
 
 
@@ -72,6 +74,18 @@ def lagrange_multiplier(eigvals: np.ndarray, lam: float, *, tol: float = 1e-12) 
     return 0.5 * (lo + hi)
 
 
+def _unit_mean(scatter: np.ndarray) -> np.ndarray:
+    """The symmetric part of ``scatter`` rescaled to mean eigenvalue 1 (trace D), so λ ignores feature scale."""
+    sym = 0.5 * (scatter + scatter.T)
+    return sym * (len(sym) / max(float(np.trace(sym)), 1e-300))
+
+
+def _squared_gains(eigvals: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
+    """(μ, g²) of W*(λ) along each eigen-direction of the normalised scatter: g_i² = (λ/2)/(s_i + μ)."""
+    mu = lagrange_multiplier(eigvals, lam)
+    return mu, 0.5 * lam / (np.asarray(eigvals, np.float64) + mu)
+
+
 def ada_head(scatter: np.ndarray, lam: float) -> tuple[np.ndarray, dict]:
     """W* (D, D) float64, symmetric, ``‖W*‖_F² = D``: the minimiser described in the module docstring.
 
@@ -86,10 +100,10 @@ def ada_head(scatter: np.ndarray, lam: float) -> tuple[np.ndarray, dict]:
     d = scatter.shape[0]
     if scatter.shape != (d, d) or not np.all(np.isfinite(scatter)):
         raise ValueError(f"ada_head: scatter must be a finite (D, D) matrix, got shape {scatter.shape}")
-    s, vecs = np.linalg.eigh(0.5 * (scatter + scatter.T))
-    s = np.clip(s, 0.0, None) * (d / max(float(s.clip(0).sum()), 1e-300))
-    mu = lagrange_multiplier(s, lam)
-    gains = np.sqrt(0.5 * lam / (s + mu))
+    s, vecs = np.linalg.eigh(_unit_mean(scatter))
+    s = np.clip(s, 0.0, None)  # round-off below 0 in a positive semi-definite scatter
+    mu, g2 = _squared_gains(s, lam)
+    gains = np.sqrt(g2)
     return (vecs * gains) @ vecs.T, {"lam": float(lam), "mu": float(mu), "eigvals": s.tolist(), "gains": gains.tolist()}
 
 
@@ -101,7 +115,7 @@ def lambda_path(eigvals: np.ndarray, lams: np.ndarray) -> dict[str, np.ndarray]:
     s = np.asarray(eigvals, np.float64)
     out = {"lam": np.asarray(lams, np.float64), "align": [], "infomax": []}
     for lam in out["lam"]:
-        g2 = 0.5 * lam / (s + lagrange_multiplier(s, lam))
+        g2 = _squared_gains(s, lam)[1]
         out["align"].append(float(np.sum(s * g2)))
         out["infomax"].append(float(-0.5 * np.sum(np.log(g2))))
     return {k: np.asarray(v) for k, v in out.items()}
@@ -109,9 +123,7 @@ def lambda_path(eigvals: np.ndarray, lams: np.ndarray) -> dict[str, np.ndarray]:
 
 def objective(w: np.ndarray, scatter: np.ndarray, lam: float) -> float:
     """L_A + λ L_D of a head ``w`` (up to the constant of L_D), with ``scatter`` normalised as in ``ada_head``."""
-    d = scatter.shape[0]
-    s = scatter * (d / np.trace(scatter))
-    return float(np.trace(w @ s @ w.T) - lam * np.linalg.slogdet(w)[1])
+    return float(np.trace(w @ _unit_mean(scatter) @ w.T) - lam * np.linalg.slogdet(w)[1])
 
 
 def subspace_procrustes(a: np.ndarray, b: np.ndarray, basis: np.ndarray) -> np.ndarray:
