@@ -16,6 +16,7 @@ after per-domain whitening the first two terms are constant, leaving the *alignm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,3 +203,31 @@ def decomposition(X: Any, Y: Any, *, reg: Reg = "auto", top: int = 8) -> dict[st
             "coord_corr_mean": coord, "cca_mean": float(rho.mean()), "cca_top_mean": float(rho[:top].mean()),
             "gap": float(rho.mean()) - coord, "coord_share": coord / float(rho.mean()) if rho.mean() > 0 else 0.0,
             "mi": float(-0.5 * np.sum(np.log1p(-rho**2)))}
+
+
+def select_cca_reg(X: Any, Y: Any, groups: Any, *, regs: Sequence[Reg] = ("auto", 0.3, 0.5, 0.7, 0.9),
+                   seed: int = 0) -> tuple[Reg, dict[str, float]]:
+    """Pick the CCA shrinkage by 2-fold cross-validation over groups (models): fit on half of the models,
+    score the mean held-out correlation of all canonical variates on the other half, both ways.
+
+    Args:
+        X: ``(n, p)``; Y: ``(n, q)`` matched training pairs; groups: ``(n,)`` model of each pair.
+        regs: candidate ``reg`` values (:mod:`ada_utils.covariance`). seed: the split of the models.
+
+    Returns:
+        The best ``reg`` and ``{str(reg): mean held-out correlation}``.
+    """
+    X, Y = as_matrix(X, name="X"), as_matrix(Y, name="Y")
+    labels = np.unique(np.asarray(groups))
+    if len(labels) < 4:
+        raise ValueError(f"select_cca_reg needs at least 4 groups (models) to cross-validate; got {len(labels)}")
+    half = np.isin(np.asarray(groups), np.random.default_rng(seed).permutation(labels)[: len(labels) // 2])
+    scores: dict[str, float] = {}
+    for reg in regs:
+        folds = []
+        for fit, test in ((half, ~half), (~half, half)):
+            u, v = fit_cca(X[fit], Y[fit], reg=reg).transform(X[test], Y[test])
+            folds.append(float(column_correlations(u, v).mean()))
+        scores[str(reg)] = float(np.mean(folds))
+    best = max(regs, key=lambda r: scores[str(r)])
+    return best, scores

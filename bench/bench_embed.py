@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ada_utils.config import hardware, resolve_device
+from ada_utils.project import hardware, resolve_device
 from ada_utils.encoders import Encoder, load_encoder
 
 DEFAULT_MODELS = ["efficientnet_lite0@128", "efficientnet_lite0", "resnet18", "resnet50", "vit_tiny_patch16_224",

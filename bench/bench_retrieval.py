@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ada_utils.config import hardware, library_versions
-from ada_utils.io import write_json
+from ada_utils.project import hardware, library_versions
+from ada_utils.files import write_json
 from ada_utils.retrieval import _load_block, abc_metrics, abc_metrics_bruteforce
 
 

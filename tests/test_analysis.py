@@ -1,11 +1,11 @@
-"""Tests for ada_utils.analysis: pairing rule, shuffled-pair null, dimension choice, pool maps and training pairs."""
+"""Tests for ada_utils.analysis.features: pairing rule, shuffled-pair null, dimension choice, pool maps and training pairs."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ada_utils.analysis import FeatureSet, Pairs, pair_indices, top_variance_dims, training_pair_features
-from ada_utils.train_data import TrainData
+from ada_utils.analysis.features import FeatureSet, Pairs, pair_indices, top_variance_dims, training_pair_features
+from ada_utils.train import TrainData
 
 
 def test_pair_indices_cycle_through_each_models_exemplars() -> None:

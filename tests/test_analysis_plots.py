@@ -1,4 +1,4 @@
-"""Tests for ada_utils.analysis_plots: every figure draws; Spearman ρ of a perfectly ordered table is 1."""
+"""Tests for ada_utils.analysis.figures: every figure draws; Spearman ρ of a perfectly ordered table is 1."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def test_analysis_figures_draw_and_spearman() -> None:
     matplotlib.use("Agg")
     import pandas as pd
 
-    from ada_utils import analysis_plots as ap
+    from ada_utils.analysis import figures as ap
 
     rng = np.random.default_rng(0)
     m = {e: {"matched": rng.standard_normal((4, 4)), "shuffled": rng.standard_normal((4, 4))} for e in ("a", "b")}

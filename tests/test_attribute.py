@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from test_embed import TinyEncoder, _mini_root
 
-from ada_utils import cli_eval
-from ada_utils.attribute import Attribution, attribute, build_index, contact_sheet
+from ada_utils.cli import eval as cli_eval
+from ada_utils.eval.attribute import Attribution, attribute, build_index, contact_sheet
 
 
 def _cosine_topk(q, g, k):

@@ -125,3 +125,13 @@ def test_fewer_samples_than_dims_and_constant_features() -> None:
         cca.canonical_correlations(X[:, :5], Y[:, :5], reg=0)
     with pytest.raises(ValueError, match="zero variance"):
         cca.off_diagonal_energy(cov.covariance(X, reg=0))
+
+
+def test_select_cca_reg_prefers_shrinkage_when_dims_rival_samples() -> None:
+    X, Y = latent_pairs(120, [0.8, 0.6], p=40, q=40, seed=9)
+    groups = np.repeat(np.arange(30), 4)
+    best, scores = cca.select_cca_reg(X, Y, groups, regs=(0.0, 0.5, 0.9))
+    assert set(scores) == {"0.0", "0.5", "0.9"} and best != 0.0
+    assert scores["0.0"] < scores[str(best)]
+    with pytest.raises(ValueError, match="at least 4 groups"):
+        cca.select_cca_reg(X, Y, np.repeat(np.arange(3), 40))

@@ -18,7 +18,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from ada_utils.checkpoints import CheckpointError, save_encoder_checkpoint, unwrap_state_dict
+from ada_utils.encoders.checkpoints import CheckpointError, save_encoder_checkpoint, unwrap_state_dict
 from ada_utils.encoders import load_encoder
 
 # dino_deitsmall16_pretrain.pth (backbone only, loaded strict=True by DINO's hubconf): 150 tensors.

@@ -10,8 +10,8 @@ import pytest
 
 from ada_utils import closed_form
 from ada_utils.train import feature_maps, train
-from ada_utils.train_config import TrainConfig
-from ada_utils.train_data import TrainData
+from ada_utils.train import TrainConfig
+from ada_utils.train import TrainData
 
 
 def _scatter(d: int = 8, seed: int = 0) -> np.ndarray:

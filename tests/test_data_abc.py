@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ada_utils.cli_data import summarise
+from ada_utils.data.checks import summarise
 from ada_utils.data.abc import (MissingFilesError, list_distractors, load_test_case, resolve, training_pairs,
                                 unlabelled_pool)
 
@@ -84,7 +84,7 @@ def test_all_missing_files_reported_at_once(tmp_path):
 
 
 def test_check_command_reports_counts_and_missing(tmp_path, capsys):
-    from ada_utils.cli_data import _check
+    from ada_utils.cli.data import _check
 
     json_file = _materialise(FIXTURES / "test_bamfg.json", tmp_path)
     rows = summarise([str(json_file)], root=tmp_path)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from ada_utils.embed import embed_images, load_features
+from ada_utils.encoders import embed_images, load_features
 
 PREPROCESS = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()])
 
@@ -150,7 +150,8 @@ def _mini_root(root, rng):
 
 
 def test_embed_benchmark_embeds_each_file_once(tmp_path, monkeypatch):
-    from ada_utils.evaluate import chance_level, embed_benchmark, evaluate
+    from ada_utils.encoders import embed_benchmark
+    from ada_utils.eval import chance_level, evaluate
 
     monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
     _mini_root(tmp_path / "root", np.random.default_rng(1))

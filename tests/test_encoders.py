@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ada_utils.encoders import ALIASES, WeightsNotFoundError, get_recipe, list_encoders, load_encoder
+from ada_utils.encoders.backbones import ALIASES, WeightsNotFoundError, get_recipe, list_encoders, load_encoder
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BICUBIC, BILINEAR = T.InterpolationMode.BICUBIC, T.InterpolationMode.BILINEAR

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ada_utils.notebook import ParameterError, check_parameters, parse_parameters_cell
+from ada_utils.book.notebook import ParameterError, check_parameters, parse_parameters_cell
 
 CELL = '''# Parameters of this chapter (defaults = the CPU book; override with papermill -p NAME VALUE)
 scale = "small"  # benchmark size [tiny|small|medium]

@@ -12,7 +12,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from ada_utils.runner import discover, execution_order
+from ada_utils.book.runner import discover, execution_order
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "params" / "smoke.yaml"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ada_utils.results import metric_table, protocol_top_k, unverified_paper_table
+from ada_utils.eval.results import metric_table, protocol_top_k, unverified_paper_table
 from ada_utils.retrieval import abc_metrics_bruteforce
 
 

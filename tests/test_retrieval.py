@@ -145,7 +145,8 @@ def test_chance_level_matches_exhaustive_enumeration():
     """E[AP] of a random ranking against all 6! orderings (1, 2 or 6 positives); R@K = min(K, G) / G."""
     from itertools import permutations
 
-    from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures, chance_level, expected_random_ap
+    from ada_utils.encoders import BenchmarkFeatures, CaseFeatures
+    from ada_utils.eval.benchmark import chance_level, expected_random_ap
 
     for r in (1, 2, 6):
         aps = []
@@ -162,7 +163,8 @@ def test_chance_level_matches_exhaustive_enumeration():
 
 def test_evaluate_cells_equal_separate_metric_calls():
     """One streamed call over all cells equals per-cell calls with each case's own exemplars."""
-    from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures, evaluate
+    from ada_utils.encoders import BenchmarkFeatures, CaseFeatures
+    from ada_utils.eval import evaluate
 
     rng = np.random.default_rng(7)
     cases = {}

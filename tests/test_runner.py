@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ada_utils.runner import discover, execution_order, run_notebooks
+from ada_utils.book.runner import discover, execution_order, run_notebooks
 
 
 def _write_nb(folder: Path, name: str, needs: list[str], code: str) -> Path:

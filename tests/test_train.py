@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ada_utils.run_folder import load_head
+from ada_utils.train.run_folder import load_head
 from ada_utils.train import TrainingDivergedError, feature_maps, train
-from ada_utils.train_config import TrainConfig, lambda_schedule, lr_schedule
-from ada_utils.train_data import TrainData
-from ada_utils.train_step import Step
+from ada_utils.train.config import TrainConfig, lambda_schedule, lr_schedule
+from ada_utils.train import TrainData
+from ada_utils.train.step import Step
 
 
 def _data(n: int = 240, d: int = 12, seed: int = 0) -> TrainData:
@@ -227,9 +227,9 @@ def _tiny_abc(root: Path, *, names: list[str], owner: list[int], seed: int = 0) 
 
 @pytest.mark.parametrize("solver", ["gradient", "closed_form"])
 def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path, solver: str) -> None:
-    pytest.importorskip("ada_utils.embed", reason="ada_utils.embed not available yet")
+    pytest.importorskip("ada_utils.encoders.embed", reason="ada_utils.encoders.embed not available yet")
     from ada_utils.encoders import load_encoder
-    from ada_utils.train_data import training_data
+    from ada_utils.train import training_data
 
     torch.manual_seed(0)
     encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)
@@ -246,8 +246,8 @@ def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path, solv
 
 
 def test_gradient_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
-    from ada_utils.train import build_model
-    from ada_utils.train_data import select_rows
+    from ada_utils.train.loop import build_model
+    from ada_utils.train.data import select_rows
 
     data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256, solver="gradient")
     assert cfg.method == "ada" and cfg.heads == "per_domain" and cfg.init == "whiten"
@@ -265,7 +265,7 @@ def test_gradient_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
 
 def test_validation_split_holds_out_every_image_of_validation_models(tmp_path: Path) -> None:
     from ada_utils.encoders import load_encoder
-    from ada_utils.train_data import training_data, validation_split
+    from ada_utils.train import training_data, validation_split
 
     torch.manual_seed(0)
     encoder = load_encoder("efficientnet_lite0", pretrained=False, image_size=32)

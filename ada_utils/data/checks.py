@@ -1,5 +1,6 @@
-"""Trivial-cue checks: can image size, file size or mean colour alone tell real from synthetic images?
+"""Checks of a data root: what it holds (:func:`summarise`), and trivial cues that would separate the domains.
 
+Trivial cues: can image size, file size or mean colour alone tell real from synthetic images?
 A benchmark where such a cue separates the domains would let a method "attribute" by file statistics. Each cue is
 scored by the ROC AUC of a single threshold, folded to [0.5, 1] (0.5 = no information, 1 = perfect separation).
 """
@@ -57,3 +58,17 @@ def trivial_cue_report(root: str | Path, *, max_images: int = 600, seed: int = 0
     formats = sorted(f"{f} {w}x{h} {m}" for f, (w, h), m in r["formats"] | s["formats"])
     return {"n_real": len(real), "n_synth": len(synth), "formats": formats,
             "n_quantisation_tables": len(r["tables"] | s["tables"]), "auc": auc}
+
+
+def summarise(json_files: list[str], *, root: Path, distractors: int | None = None) -> list[dict]:
+    """Per test case and prompt type: models, exemplars, queries (raises MissingFilesError on absent files)."""
+    rows = []
+    for name in json_files:
+        path = Path(name) if Path(name).is_file() else root / name
+        case = load_test_case(path, root=root, distractors=distractors)
+        for prompt in case.prompt_types:
+            used = sorted(set(case.query_model[prompt].tolist()))
+            rows.append({"test_case": case.name, "prompt_type": prompt, "models": len(used),
+                         "exemplars": sum(len(case.models[m].exemplars) for m in used),
+                         "queries": len(case.queries[prompt]), "distractors": len(case.distractors)})
+    return rows

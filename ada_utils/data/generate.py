@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ada_utils.config import data_dir
+from ada_utils.project import data_dir
 from ada_utils.data.abc import PREFIX
 from ada_utils.data.images import JPEG_QUALITY, save_jpeg
 from ada_utils.data.photos import Sources, gather_sources, prepared_cutout, prepared_photo

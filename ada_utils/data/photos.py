@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ada_utils.config import photos_dir
+from ada_utils.project import photos_dir
 from ada_utils.data.images import load_image
 
 PACKAGES = ("tuxpaint-stamps-default", "mate-backgrounds", "plasma-workspace-wallpapers", "darknet",

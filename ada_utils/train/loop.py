@@ -26,10 +26,11 @@ import torch
 from safetensors.torch import save_file
 
 from ada_utils.heads import DomainHeads
-from ada_utils.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
-from ada_utils.train_config import CLOSED_FORM, TrainConfig, lambda_schedule, lr_schedule
-from ada_utils.train_data import TrainData, select_rows
-from ada_utils.train_step import FeatureSource, ImageSource, StepBatches, Step
+from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
+from ada_utils.train.config import CLOSED_FORM, TrainConfig, lambda_schedule, lr_schedule
+from ada_utils.train.data import TrainData, select_rows
+from ada_utils.train.distributed import init_distributed
+from ada_utils.train.step import FeatureSource, ImageSource, StepBatches, Step
 
 
 ICA_COMPONENTS = 128  # FastICA sources of the closed-form ICA control (the leading PCA-whitened coordinates)
@@ -89,7 +90,7 @@ def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHe
         for w, b in maps:
             w[:k], b[:k] = w_ica @ w[:k], w_ica @ b[:k] + b_ica
     if cfg.closed_form_ada:
-        from ada_utils.closed_form import fit_ada
+        from ada_utils.train.fit import fit_ada
 
         maps, model.fit_info = fit_ada(cfg, data, rows, [mask for _, mask in groups], maps, (c_real, c_synth))
     for (head, _), (w, b) in zip(groups, maps):
@@ -141,20 +142,6 @@ class TrainResult:
     steps: int
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises torch.distributed only under torchrun with WORLD_SIZE > 1."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
 def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: torch.nn.Module | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           stop_at: int | None = None) -> TrainResult | None:
@@ -183,10 +170,10 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     from tqdm.auto import tqdm
 
     from ada_utils.heads import EncoderWithHeads
-    from ada_utils.io import write_json
+    from ada_utils.files import write_json
 
     out_dir = Path(out_dir)
-    rank, world = _distributed()
+    rank, world = init_distributed()
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
@@ -267,7 +254,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()},
                   str(out_dir / "head.safetensors"))
         if encoder is not None:
-            from ada_utils.checkpoints import save_encoder_checkpoint
+            from ada_utils.encoders.checkpoints import save_encoder_checkpoint
 
             save_encoder_checkpoint(encoder, out_dir / "encoder.safetensors")
         write_json(out_dir / "config.json", {**header, "status": "finished", "train_seconds": seconds})

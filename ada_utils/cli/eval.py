@@ -57,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ada_utils.attribute import image_files
-    from ada_utils.embed import embed_images
+    from ada_utils.eval.attribute import image_files
+    from ada_utils.encoders import embed_images
 
     out = embed_images(_load_encoder(args), image_files(args.images), cache=args.cache, batch_size=args.batch_size,
                        num_workers=args.num_workers)
@@ -67,9 +67,10 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ada_utils.config import hardware
-    from ada_utils.evaluate import chance_level, embed_benchmark, evaluate
-    from ada_utils.io import write_json
+    from ada_utils.project import hardware
+    from ada_utils.encoders import embed_benchmark
+    from ada_utils.eval import chance_level, evaluate
+    from ada_utils.files import write_json
 
     bf = embed_benchmark(_load_encoder(args), args.root, distractors=args.distractors, batch_size=args.batch_size,
                          num_workers=args.num_workers)
@@ -87,8 +88,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _gallery(args: argparse.Namespace, encoder):
     """Features + ids of ``--gallery``: a cache folder (checked against the encoder) or an image folder."""
-    from ada_utils.attribute import image_files
-    from ada_utils.embed import embed_images, load_features
+    from ada_utils.eval.attribute import image_files
+    from ada_utils.encoders import embed_images, load_features
 
     if (args.gallery / "manifest.json").is_file():
         feats = load_features(args.gallery)
@@ -102,8 +103,8 @@ def _gallery(args: argparse.Namespace, encoder):
 
 
 def _attribute(args: argparse.Namespace) -> int:
-    from ada_utils.attribute import attribute, contact_sheet, image_files
-    from ada_utils.embed import embed_images
+    from ada_utils.eval.attribute import attribute, contact_sheet, image_files
+    from ada_utils.encoders import embed_images
 
     encoder = _load_encoder(args)
     gallery = _gallery(args, encoder)

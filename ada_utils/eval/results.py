@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ada_utils.plotting import METHOD_COLORS
+from ada_utils.book.style import METHOD_COLORS
 
 # The only two AbC numbers of the paper we have seen: from a third-party extraction of the paper's table, never
 # checked against the paper itself (design section 8). Shown apart, labelled unverified.

@@ -1,8 +1,8 @@
-"""Benchmark-level evaluation: embed an AbC-format root once, then score every (test case, prompt type) cell.
+"""Features of a whole benchmark: every test image and distractor of an AbC-format root, embedded once.
 
-Cells are ``"<test case>/<prompt type>"`` (e.g. ``test_styles/object``); each reports the official metrics of
-:mod:`ada_utils.retrieval` as fractions in [0, 1]: ``{"R@5", "R@10", "R@100", "mAP", "n_queries"}``, means over
-the cell's queries (never pooled across cells; ``../shared/docs/abc-protocol.md`` section 4.5).
+:func:`embed_benchmark` reads every ``test_*.json`` of a data root, embeds each file once through the cache of
+:func:`ada_utils.encoders.embed.embed_images`, and returns a :class:`BenchmarkFeatures` (rows follow the JSON);
+:func:`stack_cells` lays its cells out for one call of the official metric.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.special import digamma
 from torch import nn
 
 from ada_utils.data import json_path, list_distractors, load_test_case
-from ada_utils.embed import embed_images
-from ada_utils.retrieval import FeatureMap, abc_metrics
+from ada_utils.encoders.embed import embed_images
 
 
 @dataclass
@@ -50,10 +48,10 @@ def _rel(path: Path, root: Path) -> str:
 def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequence[str] | None = None,
                     distractors: int | None = None, batch_size: int = 64, num_workers: int = 0,
                     progress: bool = True) -> BenchmarkFeatures:
-    """Embed every test image of ``root`` (each file once, cached by :func:`ada_utils.embed.embed_images`).
+    """Embed every test image of ``root`` (each file once, cached by :func:`ada_utils.encoders.embed.embed_images`).
 
     Args:
-        encoder: see :func:`ada_utils.embed.embed_images`.
+        encoder: see :func:`ada_utils.encoders.embed.embed_images`.
         root: data root (``<root>/dataset/json/test_*.json``; AbC repo or HF layout).
         test_cases: JSON stems to use (default: every ``test_*.json``, sorted).
         distractors: use the first N distractors in sorted order (default: all).
@@ -100,48 +98,3 @@ def stack_cells(bf: BenchmarkFeatures):
             start += len(q)
         offset += int(case.exemplar_model.max()) + 1
     return np.concatenate(qs), np.concatenate(qms), np.concatenate(exs), np.concatenate(ems), cells
-
-
-def evaluate(bf: BenchmarkFeatures, *, real_map: FeatureMap | None = None, synth_map: FeatureMap | None = None,
-             ks: Sequence[int] = (5, 10, 100), device: str = "cpu", progress: bool = False) -> dict[str, dict]:
-    """Official metrics per cell. ``real_map`` maps exemplars and distractors, ``synth_map`` queries (AbC eval).
-
-    Every cell's gallery is all distractors + its own model's exemplars; the distractors are streamed once for
-    all cells (model ids are made unique across test cases).
-
-    Returns:
-        ``{"<test case>/<prompt>": {"R@5": float, "R@10": float, "R@100": float, "mAP": float,
-        "n_queries": int}}`` (one ``R@k`` per k in ``ks``), fractions in [0, 1].
-    """
-    q, qm, ex, em, cells = stack_cells(bf)
-    res = abc_metrics(q, qm, ex, em, bf.distractors, ks, real_map=real_map, synth_map=synth_map, device=device,
-                      progress=progress)
-    return {name: {**{f"R@{k}": float(res["recall_per_query"][k][sl].mean()) for k in ks},
-                   "mAP": float(res["ap"][sl].mean()), "n_queries": sl.stop - sl.start}
-            for name, sl in cells}
-
-
-def expected_random_ap(n_relevant: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """E[AP] of a uniformly random ranking of ``gallery`` items of which ``n_relevant`` are positives.
-
-    A positive at position p has on average (R - 1)(p - 1)/(G - 1) positives ahead of it, so its expected
-    precision is (1/G) sum_p (1/p)(1 + (R - 1)(p - 1)/(G - 1)) = (H_G + (R - 1)(G - H_G)/(G - 1)) / G,
-    with H_G the G-th harmonic number; AP averages this over the R positives.
-    """
-    r, g = np.asarray(n_relevant, dtype=np.float64), np.asarray(gallery, dtype=np.float64)
-    h = digamma(g + 1) + np.euler_gamma  # H_G
-    return np.where(g > 1, (h + (r - 1) * (g - h) / np.maximum(g - 1, 1)) / g, 1.0)
-
-
-def chance_level(bf: BenchmarkFeatures, *, ks: Sequence[int] = (5, 10, 100)) -> dict[str, dict]:
-    """Expected metrics of a random ranking, same layout as :func:`evaluate` (R@K = min(K, G)/G, G = N + E_m)."""
-    n = len(bf.distractors)
-    out = {}
-    for name, case in bf.cases.items():
-        per_model = np.bincount(case.exemplar_model)
-        for prompt, qm in case.query_model.items():
-            r = per_model[qm]
-            g = n + r
-            out[f"{name}/{prompt}"] = {**{f"R@{k}": float(np.mean(np.minimum(k, g) / g)) for k in ks},
-                                       "mAP": float(np.mean(expected_random_ap(r, g))), "n_queries": len(qm)}
-    return out

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ada_utils.data import ImageListDataset
-from ada_utils.io import read_json, write_json
+from ada_utils.files import read_json, write_json
 
 FORMAT = 1  # manifest format version
 
@@ -76,7 +76,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
 
     Args:
         encoder: ``nn.Module`` mapping (B, 3, H, W) to (B, D), with ``.preprocess`` (PIL -> (3, H, W) tensor),
-            ``.spec`` (JSON-able dict) and ``.dim`` (see ``ada_utils.encoders.load_encoder``).
+            ``.spec`` (JSON-able dict) and ``.dim`` (see ``ada_utils.encoders.backbones.load_encoder``).
         paths: image files.
         cache: cache folder. Default ``cache_dir()/features/<encoder+transform hash>/<list hash>``.
         ids: one string per image for ``ids.json`` (default: the paths as given).
@@ -112,7 +112,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     plan = {**key, "count": len(paths), "list_sha256": list_hash(paths, ids), "dtype": "float32",
             "chunk_size": chunk_size}
     if cache is None:
-        from ada_utils.config import cache_dir
+        from ada_utils.project import cache_dir
 
         cache = cache_dir() / "features" / _short_hash(key) / plan["list_sha256"][:16]
     folder = Path(cache)

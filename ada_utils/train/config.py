@@ -122,7 +122,7 @@ class TrainConfig:
                                  f"Infomax and lam > 0; got {wrong or {'lam': self.lam}}: use solver='gradient'")
         if self.infomax == "ica" and self.uses_infomax and self.head != "linear":
             raise ValueError("infomax='ica' needs head='linear' (a square invertible W)")
-        from ada_utils.encoders import get_recipe
+        from ada_utils.encoders.backbones import get_recipe
 
         try:
             get_recipe(self.backbone)

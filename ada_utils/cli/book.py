@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ada_utils.config import repo_root
+from ada_utils.project import repo_root
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _book(args: argparse.Namespace) -> int:
-    from ada_utils.runner import run_notebooks, write_timings
+    from ada_utils.book.runner import run_notebooks, write_timings
 
     root = repo_root()
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ada_utils.train_config import TrainConfig
+    from ada_utils.train.config import TrainConfig
 
 
 @dataclass
@@ -83,7 +83,7 @@ def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str =
     """
     from ada_utils.augment import SeededAugment, ViewTransform
     from ada_utils.data import training_pairs, unlabelled_pool
-    from ada_utils.embed import embed_images
+    from ada_utils.encoders.embed import embed_images
 
     pool = unlabelled_pool(root)
     # Content ids key the cache: the same images hit the same cache however the root path is spelled.
@@ -130,7 +130,7 @@ def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
         (``evaluate.BenchmarkFeatures`` with one case ``"val"``, ``TrainData`` of the other models' images).
     """
     from ada_utils.data import json_path, load_test_case
-    from ada_utils.evaluate import BenchmarkFeatures, CaseFeatures
+    from ada_utils.encoders.features import BenchmarkFeatures, CaseFeatures
 
     if data.paths is None:
         raise ValueError("validation_split needs TrainData.paths (use training_data)")

@@ -4,7 +4,7 @@
 (B, 3, H, W) float32 to features (B, D) float32, and which carries the preprocessing the weights were
 trained with (``.preprocess``: PIL image -> (3, H, W) tensor) and a ``.spec`` dict for feature-cache
 manifests. Every backbone is a timm model; official files are converted to timm key names by
-:mod:`ada_utils.checkpoints` and loaded only when keys and shapes match exactly.
+:mod:`ada_utils.encoders.checkpoints` and loaded only when keys and shapes match exactly.
 
 Names: the aliases below, or any timm model name, optionally with a pretrained tag (``resnet50.a1_in1k``);
 preprocessing at the default image size 224 (``x`` = pixel / 255):
@@ -38,9 +38,9 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from ada_utils.checkpoints import CheckpointError, load_exact, read_checkpoint, read_our_config, unwrap_state_dict
-from ada_utils.config import resolve_device
-from ada_utils.io import sha256_file
+from ada_utils.encoders.checkpoints import CheckpointError, load_exact, read_checkpoint, read_our_config, unwrap_state_dict
+from ada_utils.project import resolve_device
+from ada_utils.files import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -230,7 +230,7 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
     Args:
         name: alias (``efficientnet_lite0``, ``dino``/``dino_vits16``, ``dino_vitb16``, ``mocov3``/
             ``mocov3_vits16``, ``mocov3_vitb16``/``mocov3_vitb``) or a timm name (``resnet50``, ...).
-        weights: local weights file in any format of :mod:`ada_utils.checkpoints`. None: packaged weights
+        weights: local weights file in any format of :mod:`ada_utils.encoders.checkpoints`. None: packaged weights
             (efficientnet_lite0), timm's Hugging Face cache (timm names), an error (DINO / MoCo).
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` (CUDA if available; under torchrun ``cuda:$LOCAL_RANK``)
             or a torch.device.

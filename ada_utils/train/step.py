@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ada_utils.train.distributed import all_gather_with_grad
+
 if TYPE_CHECKING:
-    from ada_utils.train_config import TrainConfig
-    from ada_utils.train_data import TrainData
+    from ada_utils.train.config import TrainConfig
+    from ada_utils.train.data import TrainData
 
 
 def _generator(seed: int, tag: str, step: int) -> torch.Generator:
@@ -169,7 +171,7 @@ class Step:
             parts["loss_align"], total = float(la.detach()), total + w[0] * la
         if w[1] > 0:
             if cfg.gather and self.world > 1:  # global covariance across processes (documented flag)
-                za, dom = _all_gather(za), _all_gather(dom)
+                za, dom = all_gather_with_grad(za), all_gather_with_grad(dom)
             if cfg.infomax == "gaussian":
                 ld = losses.infomax_loss(za, eps=cfg.eps, mode=cfg.cov_kind, form=self.form, domain=dom,
                                          per_domain=cfg.cov_mode == "per_domain")
@@ -182,13 +184,6 @@ class Step:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def _all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every process, keeping the gradient of the local part."""
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x))
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -1,8 +1,8 @@
 """Figures of the analysis chapters (01 cross-covariance, 02 CCA decomposition).
 
 Figure functions take plain arrays / DataFrames and return a matplotlib ``Figure`` with a title, labelled axes
-and the book's colour-blind-safe colours (``ada_utils.plotting``). The statistics they draw come from
-``ada_utils.cca`` and ``ada_utils.cca_stats``, the features from ``ada_utils.analysis``.
+and the book's colour-blind-safe colours (``ada_utils.book.style``). The statistics they draw come from
+``ada_utils.cca`` and ``ada_utils.eval.statistics``, the features from ``ada_utils.analysis.features``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ada_utils.plotting import METHOD_COLORS, PALETTE
+from ada_utils.book.style import METHOD_COLORS, PALETTE
 
 
 def color(name: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ada_utils.config import hardware, repo_root, set_seed
+from ada_utils.project import hardware, repo_root, set_seed
 
 PARAMETERS_MARKER = "# Parameters of this chapter"
 _INJECTED_MARKER = "# Parameters\n"
@@ -120,7 +120,7 @@ def setup(name: str, namespace: Mapping[str, Any], *, plots: bool = True) -> Map
     if "seed" in params:
         set_seed(int(params["seed"]))
     if plots:
-        from ada_utils.plotting import set_style
+        from ada_utils.book.style import set_style
 
         set_style()
     params = {**params, "notebook": name, "hardware": hardware()}

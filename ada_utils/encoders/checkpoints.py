@@ -240,7 +240,7 @@ def read_our_config(path: str | Path) -> dict | None:
 
 
 def save_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> Path:
-    """Write ``encoder`` (an :class:`ada_utils.encoders.Encoder`) as ``<stem>.safetensors`` + ``<stem>.json``.
+    """Write ``encoder`` (an :class:`ada_utils.encoders.backbones.Encoder`) as ``<stem>.safetensors`` + ``<stem>.json``.
 
     The safetensors file holds ``encoder.state_dict()`` (keys ``backbone.*``); the JSON holds the format
     tag and ``encoder.spec`` so that ``load_encoder(spec["name"], weights=path, image_size=...)`` rebuilds it.

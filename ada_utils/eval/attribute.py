@@ -20,7 +20,7 @@ import numpy as np
 from ada_utils.data import load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-FRAME_COLOUR = "#009E73"  # colour-blind-safe green (ada_utils.plotting.PALETTE)
+FRAME_COLOUR = "#009E73"  # colour-blind-safe green (ada_utils.book.style.PALETTE)
 FRAME_HTML = f' style="outline:4px solid {FRAME_COLOUR}"'
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-from ada_utils.config import repo_root
-from ada_utils.io import read_json, write_json
+from ada_utils.project import repo_root
+from ada_utils.files import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def _load_yaml(path: Path | None) -> dict:
 
 def write_timings(out_dir: Path, times: dict[str, float]) -> None:
     """Merge this run's seconds per notebook into ``timings.json`` and render ``timings.md`` for the book."""
-    from ada_utils.config import hardware, library_versions
+    from ada_utils.project import hardware, library_versions
 
     path = out_dir / "timings.json"
     merged = {**(read_json(path) if path.is_file() else {}), **times}

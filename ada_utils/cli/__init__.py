@@ -1,6 +1,6 @@
 """``ada``: the command line of the project (``python -m ada_utils`` is the same).
 
-Each area registers its own subcommands from ``ada_utils/cli_<area>.py`` (``register(subparsers)``); every
+Each area registers its own subcommands from ``ada_utils/cli/<area>.py`` (``register(subparsers)``); every
 subcommand sets ``func(args) -> int``. Heavy imports (torch, timm) happen inside the subcommands, so
 ``ada --help`` stays fast.
 """
@@ -13,7 +13,7 @@ import os
 import sys
 
 # Modules that add subcommands, in the order ``ada --help`` lists them.
-CLI_MODULES = ("cli_data", "cli_eval", "cli_train", "cli_book")
+CLI_MODULES = ("data", "eval", "train", "book")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "disentanglement (data, embeddings, evaluation, training, the book)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in CLI_MODULES:
-        importlib.import_module(f"ada_utils.{name}").register(subparsers)
+        importlib.import_module(f"ada_utils.cli.{name}").register(subparsers)
     return parser
 
 

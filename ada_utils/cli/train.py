@@ -1,4 +1,4 @@
-"""``ada train``: train one configuration (a method of ``ada_utils.train_config``) and evaluate it, from the shell.
+"""``ada train``: train one configuration (a method of ``ada_utils.train.config``) and evaluate it, from the shell.
 
 Every field of ``TrainConfig`` is an option with the same name (``--lam 0.5``, ``--cov-mode per_domain``,
 ``--no-nn-symmetric``), so a notebook parameter, a config.json field and a CLI flag share one name. Examples::
@@ -18,7 +18,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ada train`` to the ``ada`` command line."""
-    from ada_utils.train_config import CHOICES, TrainConfig
+    from ada_utils.train import CHOICES, TrainConfig
 
     p = subparsers.add_parser("train", help="train a head (ada, its ablations, controls, supervised baseline)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,12 +45,12 @@ def train_command(args: argparse.Namespace) -> int:
     """Embed (cached), train, evaluate; prints the run folder and the per-cell R@5 / mAP."""
     import torch
 
-    from ada_utils.config import runs_dir
+    from ada_utils.project import runs_dir
     from ada_utils.encoders import load_encoder
-    from ada_utils.io import write_json
+    from ada_utils.files import write_json
     from ada_utils.train import feature_maps, train
-    from ada_utils.train_config import TrainConfig
-    from ada_utils.train_data import training_data
+    from ada_utils.train import TrainConfig
+    from ada_utils.train import training_data
 
     cfg = TrainConfig.from_dict(vars(args))
     if cfg.device == "cpu":
@@ -70,7 +70,8 @@ def train_command(args: argparse.Namespace) -> int:
                    overwrite=args.overwrite)
     print(f"run folder: {out} ({result.steps} steps, {result.seconds:.1f} s)")
     if args.evaluate:
-        from ada_utils.evaluate import embed_benchmark, evaluate
+        from ada_utils.encoders import embed_benchmark
+        from ada_utils.eval import evaluate
 
         if cfg.finetune != "frozen":
             encoder = load_encoder(cfg.backbone, out / "encoder.safetensors", image_size=cfg.image_size)

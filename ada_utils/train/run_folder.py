@@ -15,18 +15,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ada_utils.heads import DomainHeads
-from ada_utils.train_config import RESUME_FREE
+from ada_utils.train.config import RESUME_FREE
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ada_utils.train_config import TrainConfig
-    from ada_utils.train_data import TrainData
-    from ada_utils.train_step import Step
+    from ada_utils.train.config import TrainConfig
+    from ada_utils.train.data import TrainData
+    from ada_utils.train.step import Step
 
 
 def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: DomainHeads) -> dict:
-    from ada_utils.config import hardware, library_versions
+    from ada_utils.project import hardware, library_versions
 
     return {"config": dataclasses.asdict(cfg), "data_hash": data.fingerprint(with_pairs=cfg.method == "supervised"),
             "n_rows": int(len(rows)), "feature_dim": int(data.feats.shape[1]), "head_kind": model.kind,
@@ -36,7 +36,7 @@ def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: Domai
 
 def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -> bool:
     """Check what ``out_dir`` holds; returns True when a finished identical run can be reused (resume)."""
-    from ada_utils.io import read_json
+    from ada_utils.files import read_json
 
     cfg_path = out_dir / "config.json"
     if not cfg_path.is_file():
@@ -117,7 +117,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 def load_head(run_dir: str | Path) -> DomainHeads:
     """Rebuild the head(s) of a finished run from ``config.json`` + ``head.safetensors`` (CPU, eval mode)."""
-    from ada_utils.io import read_json
+    from ada_utils.files import read_json
 
     run_dir = Path(run_dir)
     header = read_json(run_dir / "config.json")

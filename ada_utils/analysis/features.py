@@ -18,8 +18,8 @@ import numpy as np
 from ada_utils.cca import CCAModel
 
 if TYPE_CHECKING:
-    from ada_utils.evaluate import BenchmarkFeatures
-    from ada_utils.train_data import TrainData
+    from ada_utils.encoders.features import BenchmarkFeatures
+    from ada_utils.train.data import TrainData
 
 FeatureMap = Callable[[np.ndarray], np.ndarray]
 
@@ -70,7 +70,7 @@ def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Pat
     Raises:
         ValueError: the run exists for this benchmark but was trained with other backbone settings.
     """
-    from ada_utils.io import read_json
+    from ada_utils.files import read_json
 
     run = runs / f"{name}-seed{seed}"
     if not ((run / "head.safetensors").is_file() and (run / "metrics.json").is_file()):
@@ -88,8 +88,8 @@ def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Pat
 def _fallback_maps(name: str, pool: TrainData, *, seed: int, train_params: dict, out: Path,
                    epochs: int | None) -> tuple[FeatureMap, FeatureMap]:
     """Train the head of ``name`` here (TrainConfig defaults) when 03_train has no usable run."""
-    from ada_utils.train import feature_maps, train
-    from ada_utils.train_config import TrainConfig
+    from ada_utils.train.loop import feature_maps, train
+    from ada_utils.train.config import TrainConfig
 
     extra = {"epochs": epochs} if epochs else {}
     cfg = TrainConfig.from_dict({**train_params, "method": name, "seed": seed, **extra})
@@ -106,11 +106,11 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
     CPU forward pass being the cost); ``pretrained``: the backbone as is; any other name is a ``03_train``
     method whose head is read from ``runs/03_train/<name>-seed<seed>/`` (or trained into ``fallback``).
     """
-    from ada_utils.config import runs_dir, set_seed
-    from ada_utils.encoders import load_encoder
-    from ada_utils.evaluate import embed_benchmark
-    from ada_utils.train import feature_maps
-    from ada_utils.train_data import training_data
+    from ada_utils.project import runs_dir, set_seed
+    from ada_utils.encoders.backbones import load_encoder
+    from ada_utils.encoders.features import embed_benchmark
+    from ada_utils.train.loop import feature_maps
+    from ada_utils.train.data import training_data
 
     params = {"backbone": backbone, "weights": weights, "image_size": image_size}
     runs = {n: _find_run(n, seed=seed, train_params=params, root=root, runs=runs_dir() / "03_train")

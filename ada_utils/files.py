@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ada_utils.config import runs_dir
+from ada_utils.project import runs_dir
 
 
 def _to_jsonable(obj: Any) -> Any:

@@ -29,24 +29,9 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarise(json_files: list[str], *, root: Path, distractors: int | None = None) -> list[dict]:
-    """Per test case and prompt type: models, exemplars, queries (raises MissingFilesError on absent files)."""
-    from ada_utils.data.abc import load_test_case
-
-    rows = []
-    for name in json_files:
-        path = Path(name) if Path(name).is_file() else root / name
-        case = load_test_case(path, root=root, distractors=distractors)
-        for prompt in case.prompt_types:
-            used = sorted(set(case.query_model[prompt].tolist()))
-            rows.append({"test_case": case.name, "prompt_type": prompt, "models": len(used),
-                         "exemplars": sum(len(case.models[m].exemplars) for m in used),
-                         "queries": len(case.queries[prompt]), "distractors": len(case.distractors)})
-    return rows
-
-
 def _check(args: argparse.Namespace) -> int:
     from ada_utils.data.abc import MissingFilesError
+    from ada_utils.data.checks import summarise
 
     try:
         rows = summarise(args.json, root=Path(args.root), distractors=args.distractors)

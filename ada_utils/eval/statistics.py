@@ -1,0 +1,189 @@
+"""Inference over *models*: one paired bootstrap, one verdict, for every comparison the book makes.
+
+Queries (or matched pairs) of one model (concept) are not independent, so every resampling here draws whole
+models with replacement and keeps all their rows. :func:`paired_bootstrap` has two paths:
+
+- a **fast path** for the difference of two per-row metrics' means (per-query R@5 of two methods on the same
+  queries): per-model sums and counts, resampled with one integer matrix;
+- a **general path** for any statistic ``(X, Y) -> {name: float}`` (e.g. :func:`ada_utils.cca.decomposition`)
+  evaluated on both arms' rows, through :func:`bootstrap_ci`.
+
+The rule that turns an interval into words (the book's reproducibility page, "comparisons under noise"): A − B
+is **>** when its 95 % interval lies above zero, **≥** when it does not lie entirely below zero, **<** otherwise.
+:class:`Verdict` holds that result as data; text is made from it, never parsed back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ada_utils.covariance import as_matrix
+
+Statistic = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+class Verdict(enum.Enum):
+    """Where the interval of a difference A − B lies with respect to zero."""
+
+    ABOVE = ">"  # entirely above zero: A > B
+    NOT_BELOW = "≥"  # contains zero: A ≥ B but not A > B
+    BELOW = "<"  # entirely below zero: A < B
+
+    @classmethod
+    def of(cls, low: float, high: float) -> Verdict:
+        """The verdict of an interval ``[low, high]`` of A − B."""
+        return cls.ABOVE if low > 0 else (cls.NOT_BELOW if high >= 0 else cls.BELOW)
+
+    @property
+    def word(self) -> str:
+        """The claim "A > B" read against this interval: supported, inconclusive or contradicted."""
+        return {Verdict.ABOVE: "supported", Verdict.NOT_BELOW: "inconclusive (interval includes 0)",
+                Verdict.BELOW: "contradicted"}[self]
+
+    def satisfies(self, claim: str) -> bool:
+        """Whether this verdict meets ``claim``: ``">"`` (interval above 0) or ``"≥"`` (not entirely below 0)."""
+        if claim not in (">", "≥"):
+            raise ValueError(f"claim={claim!r}: use '>' or '≥'")
+        return self is Verdict.ABOVE if claim == ">" else self is not Verdict.BELOW
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison A − B of a metric on one cell, with its 95 % interval over models."""
+
+    a: str
+    b: str
+    cell: str
+    metric: str
+    diff: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict of this comparison's interval."""
+        return Verdict.of(self.ci_low, self.ci_high)
+
+    def record(self) -> dict[str, Any]:
+        """A JSON row: the fields plus the readable verdict (``"ada > pretrained"``), made from the numbers."""
+        return {**asdict(self), "verdict": f"{self.a} {self.verdict.value} {self.b}"}
+
+    @classmethod
+    def from_record(cls, row: Mapping[str, Any]) -> Comparison:
+        """Rebuild from a :meth:`record` row (the verdict is recomputed from the interval, not read)."""
+        return cls(**{k: row[k] for k in ("a", "b", "cell", "metric", "diff", "ci_low", "ci_high")})
+
+
+def count_satisfied(comparisons: list[Comparison], a: str, b: str, cells: list[str], metric: str,
+                    claim: str) -> tuple[int, int]:
+    """(how many, out of how many) comparisons of ``a`` vs ``b`` on ``cells`` meet ``claim`` (``">"``/``"≥"``)."""
+    got = [c for c in comparisons if c.a == a and c.b == b and c.cell in cells and c.metric == metric]
+    return sum(c.verdict.satisfies(claim) for c in got), len(got)
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates at coverage ``level``."""
+    tail = round((1 - level) / 2, 12)
+    lo, hi = np.quantile(boot, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def _mean_difference(a: Any, b: Any, groups: Any, *, n_boot: int, level: float, seed: int
+                     ) -> tuple[float, float, float]:
+    """Fast path of :func:`paired_bootstrap`: mean of ``a − b`` over rows, resampling groups."""
+    ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.bincount(inverse, weights=np.asarray(a, np.float64) - np.asarray(b, np.float64), minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
+    draw = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    boot = sums[draw].sum(1) / counts[draw].sum(1)
+    return (float(sums.sum() / counts.sum()), *_interval(boot, level))
+
+
+def bootstrap_ci(stat: Statistic, X: Any, Y: Any, groups: Any, *, n_boot: int = 200, level: float = 0.95,
+                 seed: int = 0, method: Literal["percentile", "normal"] = "percentile"
+                 ) -> dict[str, tuple[float, float, float]]:
+    """Bootstrap interval over groups (models) of every value of ``stat``: resample groups, keep their rows.
+
+    ``"percentile"``: the (1−level)/2 and (1+level)/2 quantiles of the resampled statistic. ``"normal"``:
+    ``estimate ± z·SE`` with SE the resamples' standard deviation; use it for statistics that whiten in-sample,
+    whose resamples (which repeat models) are biased low so that percentile intervals can exclude the estimate.
+
+    Args:
+        stat: ``(X, Y) -> {name: float}``, e.g. :func:`ada_utils.cca.decomposition`.
+        X: ``(n, p)``; Y: ``(n, q)``; groups: ``(n,)`` group label (model) of each row.
+        n_boot: resamples. level: coverage of the interval. seed: resampling seed. method: see above.
+
+    Returns:
+        ``{name: (estimate on all rows, low, high)}``.
+    """
+    from scipy.stats import norm
+
+    X, Y = as_matrix(X, name="X"), as_matrix(Y, name="Y")
+    groups = np.asarray(groups)
+    labels = np.unique(groups)
+    if len(labels) < 2:
+        raise ValueError("bootstrap over groups needs at least 2 groups (models)")
+    if method not in ("percentile", "normal"):
+        raise ValueError(f"method={method!r}: choose 'percentile' or 'normal'")
+    rows = [np.flatnonzero(groups == g) for g in labels]
+    rng = np.random.default_rng(seed)
+    draws: list[dict[str, float]] = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+        draws.append(stat(X[idx], Y[idx]))
+    out = {}
+    for name, value in stat(X, Y).items():
+        boot = np.asarray([d[name] for d in draws])
+        if method == "normal":
+            half = norm.ppf((1 + level) / 2) * boot.std(ddof=1)
+            lo, hi = value - half, value + half
+        else:
+            lo, hi = _interval(boot, level)
+        out[name] = (float(value), float(lo), float(hi))
+    return out
+
+
+def paired_bootstrap(a: Any, b: Any, groups: Any, *, stat: Statistic | None = None, key: str | None = None,
+                     n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                     method: Literal["percentile", "normal"] = "percentile") -> tuple[float, float, float]:
+    """Estimate and interval of a difference A − B on the same rows, resampling whole models.
+
+    Args:
+        a, b: without ``stat``: ``(n,)`` per-row values of the two arms (e.g. per-query R@5, means over seeds);
+            the difference of their means is bootstrapped (fast path). With ``stat``: ``(X, Y)`` pairs of each
+            arm, ``(n, p_a)``/``(n, q_a)`` and ``(n, p_b)``/``(n, q_b)``, matched rows.
+        groups: ``(n,)`` model of each row (resampled jointly for both arms).
+        stat, key: a statistic ``(X, Y) -> {name: float}`` and the name compared: ``stat(*a)[key] −
+            stat(*b)[key]`` (general path, :func:`bootstrap_ci`).
+        n_boot: replicates. level: coverage. seed: RNG seed. method: interval of the general path.
+
+    Returns:
+        (difference, low, high).
+    """
+    if stat is None:
+        return _mean_difference(a, b, groups, n_boot=n_boot, level=level, seed=seed)
+    if key is None:
+        raise ValueError("paired_bootstrap: a statistic needs the `key` of the value it compares")
+    (xa, ya), (xb, yb) = (tuple(as_matrix(m, name=n) for m, n in ((x, "X"), (y, "Y"))) for x, y in (a, b))
+    px, py = xa.shape[1], ya.shape[1]
+
+    def diff(X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
+        return {key: stat(X[:, :px], Y[:, :py])[key] - stat(X[:, px:], Y[:, py:])[key]}
+
+    return bootstrap_ci(diff, np.hstack([xa, xb]), np.hstack([ya, yb]), groups, n_boot=n_boot, level=level,
+                        seed=seed, method=method)[key]
+
+
+def flatten_ci(ci: Mapping[str, tuple[float, float, float]], *, extra: Mapping[str, float] | None = None
+               ) -> dict[str, float]:
+    """``{name: (est, lo, hi)}`` (:func:`bootstrap_ci`) -> ``{name: est, name_lo: lo, name_hi: hi}`` plus
+    ``extra``: one table row."""
+    row = {k: v[0] for k, v in ci.items()}
+    row.update({f"{k}_lo": v[1] for k, v in ci.items()})
+    row.update({f"{k}_hi": v[2] for k, v in ci.items()})
+    return {**row, **(extra or {})}

@@ -1,0 +1,13 @@
+"""Training: one configuration (:mod:`.config`), the unlabelled training pool (:mod:`.data`), one step of
+the gradient solver (:mod:`.step`), the loop and its closed-form fits (:mod:`.loop`, :mod:`.fit`), resumable
+run folders (:mod:`.run_folder`) and ``torch.distributed`` (:mod:`.distributed`).
+"""
+
+from ada_utils.train.config import CHOICES, METHODS, TrainConfig
+from ada_utils.train.data import TrainData, training_data, validation_split
+from ada_utils.train.loop import TrainingDivergedError, TrainResult, feature_maps, train
+
+__all__ = [
+    "CHOICES", "METHODS", "TrainConfig", "TrainData", "TrainResult", "TrainingDivergedError", "feature_maps",
+    "train", "training_data", "validation_split",
+]

@@ -1,0 +1,81 @@
+"""Tests for ada_utils.eval.statistics: bootstrap interval widths against the asymptotic SE, the two paths of the
+paired bootstrap (mean difference and any statistic), verdicts as data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_cca import latent_pairs
+
+from ada_utils import cca
+from ada_utils.eval import statistics as st
+from ada_utils.eval.statistics import Comparison, Verdict
+
+
+def first_rho(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    return {"rho1": float(cca.canonical_correlations(a, b, reg=0)[0])}
+
+
+def test_bootstrap_percentile_and_normal() -> None:
+    X, Y = latent_pairs(400, [0.8], p=3, q=3, seed=8)
+    groups = np.repeat(np.arange(40), 10)
+    est, lo, hi = st.bootstrap_ci(first_rho, X, Y, groups, n_boot=200)["rho1"]
+    # asymptotic standard error of ρ is (1 − ρ²)/√n ≈ 0.018, so a 95 % interval is ≈ 0.07 wide
+    assert lo < est < hi and 0.04 < hi - lo < 0.11
+    est2, lo2, hi2 = st.bootstrap_ci(first_rho, X, Y, groups, n_boot=200, method="normal")["rho1"]
+    assert est2 == est and est - lo2 == pytest.approx(hi2 - est) and 0.04 < hi2 - lo2 < 0.11
+    row = st.flatten_ci({"rho1": (est, lo, hi)}, extra={"n": 400.0})
+    assert row == {"rho1": est, "rho1_lo": lo, "rho1_hi": hi, "n": 400.0}
+
+
+def test_paired_bootstrap_of_a_statistic() -> None:
+    X, Y = latent_pairs(400, [0.8], p=3, q=3, seed=10)
+    rng = np.random.default_rng(11)
+    noisy = (X, Y + 2 * rng.standard_normal(Y.shape))
+    groups = np.repeat(np.arange(40), 10)
+    est, lo, hi = st.paired_bootstrap((X, Y), noisy, groups, stat=first_rho, key="rho1", n_boot=100)
+    assert est == pytest.approx(first_rho(X, Y)["rho1"] - first_rho(*noisy)["rho1"]) and 0 < lo < est < hi
+    assert Verdict.of(lo, hi) is Verdict.ABOVE and Verdict.of(-hi, -lo) is Verdict.BELOW
+    with pytest.raises(ValueError, match="key"):
+        st.paired_bootstrap((X, Y), noisy, groups, stat=first_rho)
+
+
+def test_paired_bootstrap_of_a_mean_difference_resamples_models() -> None:
+    rng = np.random.default_rng(0)
+    model = np.repeat(np.arange(40), 5)
+    a = rng.random(200)
+    diff, lo, hi = st.paired_bootstrap(a + 0.05, a, model)
+    assert np.isclose(diff, 0.05) and np.isclose(lo, 0.05) and np.isclose(hi, 0.05)
+    noisy = a + rng.normal(0, 0.5, 200)
+    diff, lo, hi = st.paired_bootstrap(noisy, a, model)
+    assert lo < diff < hi and np.isclose(diff, (noisy - a).mean())
+    # Same interval as the general path on the same data (different draws: agree to Monte Carlo error).
+    def mean(x: np.ndarray, _: np.ndarray) -> dict[str, float]:
+        return {"m": float(x.mean())}
+    _, glo, ghi = st.paired_bootstrap((noisy[:, None], noisy[:, None]), (a[:, None], a[:, None]), model,
+                                      stat=mean, key="m", n_boot=2000)
+    assert abs(glo - lo) < 0.03 and abs(ghi - hi) < 0.03
+    # Models, not queries, are resampled: queries of a model sharing one offset widen the interval.
+    clustered = a + np.repeat(rng.normal(0, 0.5, 40), 5)
+    _, clo, chi = st.paired_bootstrap(clustered, a, model)
+    assert chi - clo > 1.5 * (hi - lo)
+
+
+def test_verdicts_are_data() -> None:
+    assert [Verdict.of(lo, hi) for lo, hi in ((0.1, 0.2), (-0.1, 0.1), (-0.1, 0.0), (-0.3, -0.1))] == \
+        [Verdict.ABOVE, Verdict.NOT_BELOW, Verdict.NOT_BELOW, Verdict.BELOW]
+    assert Verdict.ABOVE.word == "supported" and Verdict.BELOW.word == "contradicted"
+    assert Verdict.NOT_BELOW.word.startswith("inconclusive")
+    assert Verdict.ABOVE.satisfies(">") and Verdict.NOT_BELOW.satisfies("≥") and not Verdict.NOT_BELOW.satisfies(">")
+    assert not Verdict.BELOW.satisfies("≥")
+    with pytest.raises(ValueError, match="claim"):
+        Verdict.ABOVE.satisfies(">=")
+    c = Comparison("ada", "pretrained", "test_x/scene", "R@5", 0.1, 0.02, 0.2)
+    row = c.record()
+    assert row["verdict"] == "ada > pretrained" and Comparison.from_record(row) == c
+    # The verdict is recomputed from the interval, never read back from the text.
+    assert Comparison.from_record({**row, "verdict": "ada < pretrained"}).verdict is Verdict.ABOVE
+    others = [Comparison("ada", "pretrained", "test_y/scene", "R@5", 0.0, -0.1, 0.1),
+              Comparison("ada", "pretrained", "test_x/scene", "mAP", -0.2, -0.3, -0.1)]
+    assert st.count_satisfied([c, *others], "ada", "pretrained", ["test_x/scene", "test_y/scene"], "R@5", ">") == (1, 2)
+    assert st.count_satisfied([c, *others], "ada", "pretrained", ["test_x/scene", "test_y/scene"], "R@5", "≥") == (2, 2)
