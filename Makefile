@@ -36,3 +36,17 @@ lab: $(VENV)/.installed ## open the notebooks in JupyterLab with the project's k
 
 clean-book:
 	rm -rf _build executed
+
+# Publishing: `make book`, then `make publish` pushes the HTML to the gh-pages branch with ghp-import, as
+# Jupyter Book's documentation recommends (-n: add .nojekyll so _static/ is served; -f: force-push, so a fresh
+# clone, as in CI, replaces the branch). Override e.g. `make publish PUBLISH_REMOTE=upstream PUBLISH_BRANCH=pages`.
+PUBLISH_REMOTE ?= origin
+PUBLISH_BRANCH ?= gh-pages
+PUBLISH_DIR ?= _build/html
+.PHONY: publish
+
+publish: ## push the built book (_build/html) to the gh-pages branch of origin (run make book first)
+	@test -f $(PUBLISH_DIR)/index.html || { echo "make publish: $(PUBLISH_DIR)/index.html does not exist: run make book first" >&2; exit 1; }
+	@test -x $(VENV)/bin/ghp-import || { echo "make publish: $(VENV)/bin/ghp-import is missing (it comes from requirements.txt): run make venv" >&2; exit 1; }
+	$(VENV)/bin/ghp-import -n -p -f -r $(PUBLISH_REMOTE) -b $(PUBLISH_BRANCH) -m "Publish the book" $(PUBLISH_DIR)
+	@echo "[publish] $(PUBLISH_DIR) pushed to $(PUBLISH_REMOTE) $(PUBLISH_BRANCH)"

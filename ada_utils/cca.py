@@ -5,7 +5,7 @@ Conventions are those of :mod:`ada_utils.covariance`: rows are samples, ``X`` ``
 floats, covariances use ``1/n`` and the shrinkage ``reg`` (``"auto"``, ``"ledoit_wolf"`` or a float in
 ``[0, 1)``; ``0`` is classical CCA).
 
-The decomposition (design §6, a reconstruction from the paper's abstract [0]): for outputs ``a, b``
+The decomposition (a reconstruction from the paper's abstract [0]; the book's method page, ``book/method.md``): for outputs ``a, b``
     ``E‖a − b‖² = tr Cov(a) + tr Cov(b) − 2 tr Cov(a, b) + ‖E a − E b‖²``;
 after per-domain whitening the first two terms are constant, leaving the *alignment* term
 ``tr Cov(a, b)``; the whitening itself is the *disentanglement* (Infomax) part. In Gaussian form

@@ -1,6 +1,6 @@
 """The exact minimiser of L = L_A + λ L_D for a linear head on frozen features (``solver="closed_form"``).
 
-Setting (design section 6, a reconstruction from the abstract): features ``u`` are whitened per domain (the
+Setting (a reconstruction from the abstract; derived on the book's method page, ``book/method.md``): features ``u`` are whitened per domain (the
 Infomax optimum, ``whitening.Whitening``), and one square head ``W`` maps both domains, ``y = W u``.
 Unlabelled positive pairs ``(u_i, u_j)`` (an image and its augmented view, or mutual nearest real/synthetic
 neighbours) give the alignment scatter ``S = E[(u_i − u_j)(u_i − u_j)ᵀ]``, rescaled to mean eigenvalue 1 so
@@ -10,7 +10,7 @@ that λ does not depend on the feature scale. With
     L_D(W) = −½ log det(W Σ_g Wᵀ)        (Gaussian Infomax of each domain; = −log|det W| + const)
 
 and the head's scale fixed by ``‖W‖_F² = d`` (retrieval is by cosine, so scale is not a free direction;
-the design's L_D acts on normalised embeddings for the same reason), the stationary point of the Lagrangian
+the Infomax loss L_D acts on normalised embeddings for the same reason), the stationary point of the Lagrangian
 ``L_A + λ L_D + μ(‖W‖_F² − d)`` is
 
     W*² = (λ/2) (S + μ I)⁻¹,    μ the root of  (λ/2) · mean_i 1/(s_i + μ) = 1   (s_i the eigenvalues of S),

@@ -7,7 +7,7 @@ precision. Bad shapes, NaNs and unusable batch sizes raise ``ValueError`` naming
 
 References:
     [0] Unsupervised Synthetic Image Attribution: Alignment and Disentanglement, arXiv 2601.22663. Only the
-        abstract is available; the losses below are the reconstruction of ``../shared/docs/design.md`` §6.
+        abstract is available; the losses below are the reconstruction of the book's method page (``book/method.md``).
     [1] He et al., Momentum Contrast, CVPR 2020; Chen, Xie, He, An Empirical Study of Training Self-Supervised
         Vision Transformers (MoCo v3), ICCV 2021 (github.com/facebookresearch/moco-v3, ``moco/builder.py``).
     [2] Bell & Sejnowski, An information-maximization approach to blind separation and blind deconvolution,
@@ -162,7 +162,7 @@ def infomax_loss(
     domain: Tensor | None = None,
     per_domain: bool = False,
 ) -> Tensor:
-    r"""Gaussian Infomax (disentanglement) loss on L2-normalised batch embeddings [0, design §6].
+    r"""Gaussian Infomax (disentanglement) loss on L2-normalised batch embeddings [0; book/method.md].
 
     ``form="logdet"`` (default):
 

@@ -1,6 +1,6 @@
 """AbC's official retrieval metrics: Recall@K and AP of each query's exemplars among ~1M distractors.
 
-Protocol (``../shared/docs/abc-protocol.md`` section 4; [0] Wang et al., "Evaluating Data Attribution for
+Protocol ([0] Wang et al., "Evaluating Data Attribution for
 Text-to-Image Models", ICCV 2023, arXiv 2306.09345; [1] GenDataAttribution ``eval.py`` at ``ed044d0``):
 
 * rows are samples; features are L2-normalised (after the optional real/synthetic maps) and scored by the dot
@@ -9,7 +9,7 @@ Text-to-Image Models", ICCV 2023, arXiv 2306.09345; [1] GenDataAttribution ``eva
 * with p_1 < ... < p_{E_m} the 1-based positions of those exemplars in the descending ranking,
   ``AP = (1/E_m) sum_i i / p_i`` and ``R@K = #{i: p_i <= K} / E_m`` (a fraction, not a hit rate).
 
-Ties (design section 8): a distractor whose score equals an exemplar's ranks ahead of it, and tied exemplars
+Ties (the book's reproducibility page): a distractor whose score equals an exemplar's ranks ahead of it, and tied exemplars
 are ordered by their index in ``exemplar_feats``. Both implementations below follow this rule, so they agree
 exactly (ties are decided on the computed scores, in the chosen ``dtype``).
 
@@ -132,13 +132,26 @@ def abc_metrics_bruteforce(query_feats: Array, query_model: Array, exemplar_feat
     rec = {k: np.zeros(len(q)) for k in ks}
     for i in range(len(q)):
         own = torch.from_numpy(np.flatnonzero(ex_model == q_model[i]))
-        scores = torch.cat([d @ q[i], ex[own] @ q[i]]).numpy()
-        order = np.argsort(-scores, kind="stable")
+        order = rank_gallery((d @ q[i]).numpy(), (ex[own] @ q[i]).numpy())
         pos = np.flatnonzero(order >= len(d)) + 1  # 1-based, ascending
         ap[i] = np.mean(np.arange(1, len(pos) + 1) / pos)
         for k in ks:
             rec[k][i] = np.mean(pos <= k)
     return _summary(ap, rec)
+
+
+def rank_gallery(distractor_scores: np.ndarray, exemplar_scores: np.ndarray) -> np.ndarray:
+    """The official ranking of one query's gallery, best first (the reference that both metrics agree with).
+
+    Args:
+        distractor_scores: (N,) scores of every distractor. exemplar_scores: (E_m,) scores of the query's own
+            model's exemplars, in exemplar index order.
+
+    Returns:
+        (N + E_m,) int64 indices into ``[distractors, exemplars]``: one stable descending sort of that layout,
+        which is the tie rule of the module docstring (distractors ahead of equal exemplars, exemplars by index).
+    """
+    return np.argsort(-np.concatenate([distractor_scores, exemplar_scores]), kind="stable")
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ Why these are controls: for a linear head on fixed features, whitening is the an
 Gaussian Infomax loss (``ada_utils.losses.infomax_loss`` is minimal for an isotropic covariance; whitened
 elliptical, e.g. Gaussian, features stay isotropic after its L2 normalisation), and FastICA is the
 closed-form counterpart of Infomax ICA (Bell & Sejnowski 1995). See [0] arXiv 2601.22663 (abstract only; reconstruction,
-``../shared/docs/design.md`` §6) and Kessy, Lewin & Strimmer, Optimal Whitening and Decorrelation, 2018
+the book's method page, ``book/method.md``) and Kessy, Lewin & Strimmer, Optimal Whitening and Decorrelation, 2018
 (ZCA = the whitening closest to the identity map).
 """
 

@@ -57,3 +57,17 @@ def test_reruns_only_what_changed(project: Path):
     assert set(run_notebooks(root=project, out_dir=out, log=lambda _: None)) == {"b_second", "c_third"}
     (project / "ada_utils" / "x.py").write_text("A = 2\n")
     assert len(run_notebooks(root=project, out_dir=out, log=lambda _: None)) == 3
+
+
+def test_copy_findings_puts_the_results_paragraph_where_the_intro_includes_it(tmp_path, monkeypatch):
+    from ada_utils.book.runner import copy_findings
+
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    out = tmp_path / "executed"
+    out.mkdir()
+    assert "once the results chapter has run" in copy_findings(out).read_text()
+    src = tmp_path / "work" / "runs" / "05_results" / "findings.md"
+    src.parent.mkdir(parents=True)
+    src.write_text("**What this book finds** ...\n")
+    assert copy_findings(out).read_text() == "**What this book finds** ...\n"
+    assert "executed/findings.md" in (Path(__file__).parents[1] / "book" / "intro.md").read_text()

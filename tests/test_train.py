@@ -227,7 +227,6 @@ def _tiny_abc(root: Path, *, names: list[str], owner: list[int], seed: int = 0) 
 
 @pytest.mark.parametrize("solver", ["gradient", "closed_form"])
 def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path, solver: str) -> None:
-    pytest.importorskip("ada_utils.encoders.embed", reason="ada_utils.encoders.embed not available yet")
     from ada_utils.encoders import load_encoder
     from ada_utils.train import training_data
 

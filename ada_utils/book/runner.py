@@ -147,3 +147,14 @@ def write_timings(out_dir: Path, times: dict[str, float]) -> None:
     (out_dir / "timings.md").write_text(
         f"Hardware: {hardware()}.\n\nVersions: {versions}.\n\n| notebook | seconds |\n|---|---|\n{rows}\n"
         f"| total | {sum(merged.values()):.0f} |\n")
+
+
+def copy_findings(out_dir: Path) -> Path:
+    """Copy the results chapter's generated findings (``runs/05_results/findings.md``) to where the intro includes
+    them (``<out_dir>/findings.md``); without a results run, a line saying so."""
+    from ada_utils.project import runs_dir
+
+    src, dst = runs_dir() / "05_results" / "findings.md", out_dir / "findings.md"
+    dst.write_text(src.read_text() if src.is_file() else
+                   "*The findings appear here once the results chapter has run (`make book`).*\n")
+    return dst

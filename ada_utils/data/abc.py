@@ -5,7 +5,7 @@ A benchmark JSON is a list with one entry per customised model (entry index = mo
     {"exemplar": [path, ...], "synth": {prompt_type: [path, ...]}, "class_id": str, "category": str | null}
 
 Paths start with ``dataset/`` (repo-relative). Two on-disk layouts hold the same tree (see
-``../shared/docs/abc-protocol.md``): the original repository (``<root>/dataset/...``) and the Hugging Face mirror,
+AbC's README and its ``GenDataAttribution`` code; the book's data chapter): the original repository (``<root>/dataset/...``) and the Hugging Face mirror,
 whose data root *is* the ``dataset`` folder; there only the **leading** ``dataset/`` is replaced by the root.
 Before any work starts every referenced file is checked, and all missing files are reported at once.
 """

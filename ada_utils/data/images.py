@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 OnError = Literal["raise", "skip"]
 
-# The single codec of the embedded benchmark (design section 8): real and synthetic images alike.
+# The single codec of the embedded benchmark (book/reproduce.md): real and synthetic images alike.
 JPEG_QUALITY = 95
 JPEG_SUBSAMPLING = 2  # 4:2:0, Pillow's default at this quality; fixed so quantisation and layout never vary.
 

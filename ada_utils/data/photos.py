@@ -1,6 +1,6 @@
 """Real pixels for the embedded benchmark: photo packages fetched without root, plus the user's own folders.
 
-Sources (``../shared/docs/environment.md``, "Real images offline"):
+Sources (Debian packages, scikit-image, scikit-learn and matplotlib; the book's data chapter lists them):
 
 * object cut-outs: ``tuxpaint-stamps-default`` (PNG with alpha, labelled by folder; ``symbols`` and mirrored
   duplicates are excluded, cartoon/road-sign/flag folders are used only after the photo-like ones run out);

@@ -24,7 +24,7 @@ from ada_utils.data.styles import draw_style
 
 @dataclass(frozen=True)
 class Scale:
-    """Sizes of one benchmark scale (design section 8)."""
+    """Sizes of one benchmark scale (the table on the book's reproducibility page)."""
 
     obj_seen: int
     obj_unseen: int

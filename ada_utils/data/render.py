@@ -8,7 +8,7 @@ draw their randomness from a ``numpy.random.Generator`` passed in, so a job's ou
   watercolour, soft halftone, mild pixel art, colour shift), then :func:`fingerprint`: the systematic
   "generator" traces (resampling, slight smoothing, mild colour cast, noise) that make synthetic images a
   different domain. Media are deliberately mild: a prototype found 16-27 px mosaics and 96 px halftones
-  impossible for every encoder (design section 2c).
+  impossible for every encoder (measured on a prototype; the book's data chapter).
 """
 
 from __future__ import annotations

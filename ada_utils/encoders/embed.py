@@ -6,7 +6,7 @@ of the image list). The manifest is written last, so its presence means "complet
 ``chunks/NNNNNN.npy`` (one file per ``chunk_size`` images, written atomically) beside ``progress.json``: an
 interrupted run resumes at the first missing chunk. Under ``torchrun`` (``RANK``/``WORLD_SIZE``) every rank
 embeds chunks ``rank, rank + world_size, ...`` into the same (shared) folder and rank 0 merges them.
-Design: ``../shared/docs/design.md`` sections 1, 7 and 8 (embed each image once per encoder + preprocessing).
+Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Cells are ``"<test case>/<prompt type>"`` (e.g. ``test_styles/object``); each reports the official metrics of
 :mod:`ada_utils.retrieval` as fractions in [0, 1]: ``{"R@5", "R@10", "R@100", "mAP", "n_queries"}``, means over
-the cell's queries (never pooled across cells; ``../shared/docs/abc-protocol.md`` section 4.5).
+the cell's queries (never pooled across cells, as AbC reports them; :mod:`ada_utils.retrieval`).
 """
 
 from __future__ import annotations

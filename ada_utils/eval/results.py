@@ -7,6 +7,7 @@ the exemplars of its own model only.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,21 @@ import numpy as np
 import pandas as pd
 
 from ada_utils.book.style import METHOD_COLORS
+from ada_utils.encoders.features import BenchmarkFeatures
+from ada_utils.eval.statistics import Comparison
+from ada_utils.retrieval import FeatureMap, rank_gallery
 
 # The only two AbC numbers of the paper we have seen: from a third-party extraction of the paper's table, never
-# checked against the paper itself (design section 8). Shown apart, labelled unverified.
+# checked against the paper itself (the book's results chapter says so). Shown apart, labelled unverified.
 UNVERIFIED_PAPER_R5 = (
     {"test case": "ImageNet (seen classes)", "prompt type": "gpt", "R@5 (%)": 49.1},
     {"test case": "BAM-FG", "prompt type": "gpt", "R@5 (%)": 20.3},
 )
+# How the findings paragraph names methods.
+LABELS = {"ada": "ada", "whiten_pd": "per-domain whitening", "supervised": "supervised baseline",
+          "pretrained": "pretrained features"}
+PAPER_SOURCE = ("arXiv 2601.22663 (Unsupervised Synthetic Image Attribution: Alignment and Disentanglement), "
+                "as extracted by a third party")
 
 
 def metric_table(summary: dict, metric: str = "R@5", *, methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -44,6 +53,22 @@ def comparison_table(summary: dict, *, metric: str = "R@5") -> pd.DataFrame:
     rows = [c for c in summary.get("comparisons", []) if c["metric"] == metric]
     df = pd.DataFrame(rows, columns=["a", "b", "cell", "metric", "diff", "ci_low", "ci_high", "verdict"])
     return df.round({"diff": 3, "ci_low": 3, "ci_high": 3})
+
+
+
+def verdict_counts(comparisons: Sequence[Comparison], method: str, *, scale: str, seeds: Sequence[int],
+                   others: Sequence[str] = ("pretrained", "whiten", "whiten_pd", "align", "disentangle", "supervised")
+                   ) -> str:
+    """Markdown: per control, in how many cells each verdict of ``method`` vs that control occurred."""
+    lines = []
+    for other in others:
+        got = [c for c in comparisons if c.a == method and c.b == other]
+        if got:
+            counts = Counter(f"{c.a} {c.verdict.value} {c.b}" for c in got)
+            lines.append(f"- `{method}` vs `{other}` (R@5, {len(got)} cells): " +
+                         ", ".join(f"`{v}` in {n} cell(s)" for v, n in sorted(counts.items())))
+    return (f"On the embedded benchmark ({scale} scale, seeds {list(seeds)}):\n\n"
+            + ("\n".join(lines) or "- no comparisons were recorded"))
 
 
 def metric_bars(summary: dict, metric: str = "R@5", *, methods: Sequence[str] | None = None) -> plt.Figure:
@@ -80,21 +105,53 @@ class Match:
 def protocol_top_k(query: np.ndarray, exemplars: np.ndarray, distractors: np.ndarray, *, k: int = 5) -> list[Match]:
     """Top-``k`` of the official gallery (all distractors + the query model's exemplars) by cosine score.
 
+    The order is the official metric's own (:func:`ada_utils.retrieval.rank_gallery`), ties included.
+
     Args:
         query: (D,) feature of one synthetic query.
         exemplars: (E_m, D) features of the query's own model's exemplars.
         distractors: (N, D) distractor features.
     """
     def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
-    q = unit(np.asarray(query, dtype=np.float32))
-    scores = np.concatenate([unit(exemplars) @ q, unit(distractors) @ q])
-    is_ex = np.r_[np.ones(len(exemplars), bool), np.zeros(len(distractors), bool)]
-    # Official tie rule: a distractor ranks ahead of an exemplar with the same score (lexsort: last key first).
-    order = np.lexsort((is_ex, -scores))[:k]
-    return [Match(r + 1, float(scores[i]), bool(is_ex[i]), int(i if is_ex[i] else i - len(exemplars)))
-            for r, i in enumerate(order)]
+    q = unit(query)
+    d_scores, e_scores = unit(distractors) @ q, unit(exemplars) @ q
+    n = len(d_scores)
+    return [Match(r + 1, float(e_scores[i - n] if i >= n else d_scores[i]), bool(i >= n), int(i - n if i >= n else i))
+            for r, i in enumerate(rank_gallery(d_scores, e_scores)[:k])]
+
+
+def gallery_rows(bf: BenchmarkFeatures, case_name: str, prompt: str, *, real_map: FeatureMap,
+                 synth_map: FeatureMap, distractors: np.ndarray, n_rows: int, k: int = 5
+                 ) -> list[tuple[Path, Path, list[tuple[Path, float, bool]]]]:
+    """Rows for :func:`gallery_figure`: the best-ranked queries of one cell first, then the worst.
+
+    Args:
+        bf: benchmark features (with ``root`` and the ids of every image).
+        case_name, prompt: the cell. real_map, synth_map: the method's maps of exemplars / queries.
+        distractors: (N, D) distractor features already through ``real_map`` (computed once by the caller).
+        n_rows: queries shown: ``n_rows // 2 + 1`` whose first true exemplar ranks highest, ``n_rows // 2`` lowest.
+        k: matches per row.
+
+    Returns:
+        ``(query image, the model's first exemplar image, [(match image, score, is_exemplar), ...])`` per row.
+    """
+    case, root = bf.cases[case_name], Path(bf.root)
+    qf, ex = synth_map(case.queries[prompt]), real_map(case.exemplars)
+    models = case.query_model[prompt]
+    own_ids = {int(m): [i for i, e in zip(case.exemplar_ids, case.exemplar_model) if e == m] for m in set(models)}
+    top = [protocol_top_k(qf[i], ex[case.exemplar_model == models[i]], distractors, k=k) for i in range(len(qf))]
+    first_hit = np.array([next((m.rank for m in t if m.is_exemplar), k + 1) for t in top])
+    picks = [*np.argsort(first_hit, kind="stable")[:n_rows // 2 + 1], *np.argsort(-first_hit, kind="stable")[:n_rows // 2]]
+    rows = []
+    for i in picks:
+        own = own_ids[int(models[i])]
+        matches = [(root / (own[m.index] if m.is_exemplar else bf.distractor_ids[m.index]), m.score, m.is_exemplar)
+                   for m in top[i]]
+        rows.append((root / case.query_ids[prompt][i], root / own[0], matches))
+    return rows
 
 
 def gallery_figure(rows: Sequence[tuple[Path, Path, list[tuple[Path, float, bool]]]], *, title: str) -> plt.Figure:
@@ -128,5 +185,43 @@ def gallery_figure(rows: Sequence[tuple[Path, Path, list[tuple[Path, float, bool
 def unverified_paper_table() -> pd.DataFrame:
     """The two paper numbers seen only on a third-party extraction of its table (unverified, real AbC)."""
     df = pd.DataFrame(UNVERIFIED_PAPER_R5)
+    df["data"] = "real AbC benchmark (not the embedded one)"
+    df["source"] = PAPER_SOURCE
     df["status"] = "UNVERIFIED: third-party extraction of the paper's table, not checked against the paper"
     return df
+
+
+def findings(summary: dict, *, method: str = "ada", data: str = "embedded benchmark") -> str:
+    """The book's opening paragraph (Markdown), generated from the final comparison of chapter 04.
+
+    Args:
+        summary: ``runs/04_ablations/summary.json`` (``final``, ``chance``, ``comparisons``, ``seeds``, ...).
+        method: the method the findings are about. data: which data produced the numbers.
+    """
+    cells = list(summary["chance"])
+    final = summary["final"]
+
+    def mean_r5(m: str) -> float:
+        return float(np.mean([final[m]["mean"][c]["R@5"] for c in cells]))
+
+    comps = [Comparison.from_record(r) for r in summary["comparisons"] if r["metric"] == "R@5"]
+
+    def count(b: str, claim: str, cells_: list[str] = cells) -> str:
+        got = [c for c in comps if c.a == method and c.b == b and c.cell in cells_]
+        return f"{sum(c.verdict.satisfies(claim) for c in got)}/{len(got)}"
+
+    shown = [m for m in (method, "whiten_pd", "supervised", "pretrained") if m in final]
+    enc = summary["encoder"]
+    return "\n".join([
+        f"**What this book finds** ({data} `{summary['scale']}`, {len(cells)} cells, seeds {summary['seeds']}, "
+        f"`{enc['name']}` at {enc['image_size']} px, {summary['hardware']}; generated from the numbers of the "
+        "results chapter):", "",
+        f"- Mean R@5 over the cells (chance {np.mean([summary['chance'][c]['R@5'] for c in cells]):.4f}): "
+        + ", ".join(f"{LABELS.get(m, m)} {mean_r5(m):.3f}" for m in shown) + ".",
+        f"- `{method}` beats the pretrained features in {count('pretrained', '>')} cells; against per-domain "
+        f"whitening, the label-free closed-form control, it is ≥ in {count('whiten_pd', '≥')} cells and > in "
+        f"{count('whiten_pd', '>')}.",
+        f"- Against the supervised baseline, which needs paired labels, `{method}` is ≥ in "
+        f"{count('supervised', '≥')} cells and > in {count('supervised', '>')} "
+        "(≥: the 95 % paired bootstrap interval over models does not lie below zero; >: it lies above zero).",
+    ])
