@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 __all__ = [
     "info_nce_loss",
     "InfoNCELoss",
+    "gathered_info_nce_loss",
     "infomax_loss",
     "InfomaxLoss",
     "infomax_ica_loss",
@@ -110,6 +112,75 @@ def info_nce_loss(
 
         loss = direction(qn, kn)
         return 0.5 * (loss + direction(kn, qn)) if symmetric else loss
+
+
+def gathered_info_nce_loss(
+    q: Tensor,
+    k: Tensor,
+    *,
+    temperature: float = 0.1,
+    symmetric: bool = True,
+    rank: int = 0,
+    gather: Callable[[Tensor], list[Tensor]] | None = None,
+) -> Tensor:
+    r"""InfoNCE of this process's rows against the keys of *every* process (MoCo v3's ``contrastive_loss`` [1]).
+
+    With W processes holding :math:`B_r` rows each (:math:`N = \sum_r B_r`), process ``rank`` scores its
+    queries against all N gathered keys; the positive of its local row ``i`` sits at
+    ``offset + i`` with ``offset`` = the rows of the lower ranks (``rank * B`` for equal shards), as in MoCo v3's
+    ``labels = arange(N) + N * rank``. The loss of one process is
+
+    .. math:: \mathcal{L}_r = \frac{W}{N} \sum_{i \in r} \ell_i ,
+
+    so the mean of the W per-process losses (what DistributedDataParallel's gradient averaging optimises) is
+    :func:`info_nce_loss` of the whole global batch, whatever W: adding GPUs does not remove negatives. With
+    equal shards :math:`\mathcal{L}_r` is the mean over the local rows. ``symmetric=True`` also scores the local
+    keys against all gathered queries. Keys are not detached: the gradient reaches the local rows through
+    ``gather`` (e.g. ``ada_utils.train.distributed.all_gather_with_grad(x, split=True)``).
+
+    Args:
+        q: ``(B_r, D)`` local queries (``B_r`` may be 0 when other processes hold rows).
+        k: ``(B_r, D)`` local keys; row ``i`` is the positive of ``q[i]``.
+        temperature: softmax temperature τ > 0.
+        symmetric: average the q→k and k→q directions.
+        rank: this process's index; entry ``rank`` of ``gather``'s list must be its own rows.
+        gather: ``x (B_r, D) -> [x_0, ..., x_{W-1}]`` rows of every process in rank order. None: one process
+            (then this equals :func:`info_nce_loss`).
+
+    Returns:
+        0-dim loss of this process (float32, float64 for float64 inputs).
+    """
+    fn = "gathered_info_nce_loss"
+    if not isinstance(q, Tensor) or not isinstance(k, Tensor) or q.ndim != 2 or q.shape != k.shape:
+        raise ValueError(f"{fn}: `q` and `k` must be (B, D) tensors of one shape, got "
+                         f"{tuple(getattr(q, 'shape', ()))} and {tuple(getattr(k, 'shape', ()))}.")
+    if not temperature > 0:
+        raise ValueError(f"{fn}: `temperature` must be > 0, got {temperature}.")
+    parts_q, parts_k = ([q], [k]) if gather is None else (gather(q), gather(k))
+    sizes = [p.shape[0] for p in parts_q]
+    if not 0 <= rank < len(sizes) or sizes[rank] != q.shape[0] or sizes != [p.shape[0] for p in parts_k]:
+        raise ValueError(f"{fn}: `gather` returned rows {sizes} (queries) and {[p.shape[0] for p in parts_k]} "
+                         f"(keys) for rank {rank} with {q.shape[0]} local rows; it must return every process's "
+                         "rows in rank order.")
+    q_all, k_all = torch.cat(parts_q), torch.cat(parts_k)
+    n_total, world, offset = q_all.shape[0], len(sizes), sum(sizes[:rank])
+    if n_total == 0:
+        raise ValueError(f"{fn}: no rows on any process; raise the batch size.")
+    for name, x in (("q", q_all), ("k", k_all)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{fn}: gathered `{name}` {tuple(x.shape)} contains NaN or inf; check the head and lr.")
+    dtype = _work_dtype(q, k)
+    with _no_autocast(q):
+        qn, kn = F.normalize(q.to(dtype), dim=1), F.normalize(k.to(dtype), dim=1)
+        qa, ka = F.normalize(q_all.to(dtype), dim=1), F.normalize(k_all.to(dtype), dim=1)
+        labels = offset + torch.arange(q.shape[0], device=q.device)
+
+        def direction(a: Tensor, b_all: Tensor) -> Tensor:
+            ce = F.cross_entropy(a @ b_all.T / temperature, labels, reduction="sum")
+            return ce * (world / n_total)
+
+        loss = direction(qn, ka)
+        return 0.5 * (loss + direction(kn, qa)) if symmetric else loss
 
 
 class InfoNCELoss(nn.Module):

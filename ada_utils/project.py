@@ -68,16 +68,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str = "auto"):
-    """``"auto"`` picks CUDA when available, else CPU; any other string is passed to ``torch.device``."""
-    import torch
+def resolve_device(device="auto"):
+    """The ``torch.device`` to compute on; ``ada_utils.train.distributed.select_device`` decides.
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use device='cpu' or 'auto'.")
-    return dev
+    ``"auto"`` picks ``cuda:$LOCAL_RANK`` (0 outside torchrun) when CUDA is available, else the CPU; ``"cuda"``
+    means ``cuda:$LOCAL_RANK``; other strings (``"cpu"``, ``"cuda:1"``) are passed to ``torch.device``. A CUDA
+    device is made current. Raises ValueError when CUDA is requested but not available.
+    """
+    from ada_utils.train.distributed import select_device
+
+    return select_device(device)
 
 
 def hardware() -> str:

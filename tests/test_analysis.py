@@ -1,8 +1,10 @@
-"""Tests for ada_utils.analysis.features: pairing rule, shuffled-pair null, dimension choice, pool maps and training pairs."""
+"""Tests for ada_utils.analysis: features (pairing rule, shuffled-pair null, dimension choice, pool maps, training
+pairs), measures (distance terms, held-out alignment, restricted maps) and paths (relative, never absolute)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ada_utils.analysis.features import FeatureSet, Pairs, pair_indices, top_variance_dims, training_pair_features
 from ada_utils.train import TrainData
@@ -36,3 +38,125 @@ def test_pool_goes_through_each_domains_map() -> None:
     np.testing.assert_array_equal(synth, [[-4, -5], [-8, -9]])  # rows 2 and 4, synthetic map
     np.testing.assert_array_equal(real, [[0, 2], [20, 22]])  # rows 0 and 5, real map
     np.testing.assert_array_equal(model, [3, 7])
+
+
+# ---- ada_utils.analysis.measures ---------------------------------------------------------------------------
+
+def test_unit_rows_and_restrict() -> None:
+    from ada_utils.analysis.measures import restrict, unit_rows
+
+    np.testing.assert_allclose(unit_rows(np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])),
+                               [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])  # a zero row stays zero, no NaN
+    fn = restrict(lambda x: 2.0 * x, np.array([2, 0]))
+    out = fn(np.arange(6, dtype=np.float64).reshape(2, 3))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[4, 0], [10, 6]])
+
+
+def test_mean_over_cells() -> None:
+    from ada_utils.analysis.measures import mean_over_cells
+
+    cells = {"a/scene": {"R@5": 0.2, "mAP": 0.5}, "b/media": {"R@5": 0.4, "mAP": 0.1}}
+    assert mean_over_cells(cells) == pytest.approx(0.3) and mean_over_cells(cells, "mAP") == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="no test cells"):
+        mean_over_cells({})
+
+
+def test_matched_distance_terms_identities() -> None:
+    from ada_utils.analysis.measures import matched_distance_terms, unit_rows
+    from ada_utils.cca import decomposition
+
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((300, 5))
+    synth, real = s + 0.3 * rng.standard_normal(s.shape), 2 * s + 1 + rng.standard_normal(s.shape)
+    terms, dec = matched_distance_terms(synth, real)
+    assert abs(terms["residual"]) < 1e-12
+    assert terms["distance"] == pytest.approx(np.mean(np.sum((unit_rows(synth) - unit_rows(real)) ** 2, 1)))
+    assert dec == decomposition(synth, real)
+    assert terms["whitened distance / 2d"] == pytest.approx(1 - dec["coord_corr_mean"])
+    assert terms["CCA optimum / 2d"] == pytest.approx(1 - dec["cca_mean"])
+    assert terms["MI via log det (nats)"] == pytest.approx(terms["MI via ρ (nats)"], rel=1e-6)
+    same, _ = matched_distance_terms(synth, synth)
+    assert same["distance"] == pytest.approx(0, abs=1e-12) and same["mean_gap"] == pytest.approx(0, abs=1e-12)
+
+
+def test_heldout_alignment_cca_finds_what_own_coordinates_miss() -> None:
+    """Real features are a rotation of the synthetic ones: CCA on training pairs undoes it, own coordinates
+    (whitened per domain, no pairs) cannot."""
+    from ada_utils.analysis.measures import heldout_alignment
+
+    rng = np.random.default_rng(0)
+    rot = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+
+    def domain_pair(n: int) -> tuple[np.ndarray, np.ndarray]:
+        s = rng.standard_normal((n, 4)) * [3.0, 2.0, 1.5, 1.0]
+        return s + 0.1 * rng.standard_normal(s.shape), s @ rot + 0.1 * rng.standard_normal(s.shape)
+
+    ts, tr = domain_pair(200)
+    pool = TrainData(np.vstack([tr, ts]).astype(np.float32), np.r_[np.zeros(200), np.ones(200)].astype(np.int64))
+    fs = FeatureSet("toy", None, pool)
+    qs, qr = domain_pair(100)
+    test = Pairs(qs, qr, np.repeat(np.arange(10), 10), np.full(100, "c"), np.arange(100))
+    dims = np.arange(4)
+    models, held = heldout_alignment(fs, test, (ts, tr, np.repeat(np.arange(20), 10)), dims, regs=(0.0, 0.5),
+                                     seed=0)
+    assert set(models) == {"whiten", "cca"} and held["cca_reg"] in ("0.0", "0.5")
+    assert held["heldout_cca_mean"] > 0.95 and held["heldout_coord_mean"] < held["heldout_cca_mean"] - 0.2
+    u, v = models["whiten"].transform(ts, tr)  # the whitening is fitted on the pool, per domain
+    np.testing.assert_allclose(np.cov(u.T, bias=True), np.eye(4), atol=0.1)
+    np.testing.assert_allclose(np.cov(v.T, bias=True), np.eye(4), atol=0.1)
+
+
+def test_mean_correlation_statistic() -> None:
+    from ada_utils.analysis.measures import mean_correlation
+
+    x = np.arange(10.0)[:, None] * [1.0, 1.0]
+    assert mean_correlation(x, np.c_[2 * x[:, 0] + 1, -x[:, 1]]) == {"r": pytest.approx(0.0)}  # (1 + −1) / 2
+    assert mean_correlation(x, x)["r"] == pytest.approx(1.0)
+
+
+# ---- ada_utils.book.paths ------------------------------------------------------------------------------
+
+def test_shown_path_is_relative_to_the_work_folder_or_the_repository(tmp_path, monkeypatch) -> None:
+    from ada_utils.book.paths import shown_path
+    from ada_utils.project import repo_root
+
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    assert shown_path(tmp_path / "work" / "runs" / "03_train" / "ada-seed0") == "runs/03_train/ada-seed0"
+    assert shown_path(tmp_path / "work") == "."
+    assert shown_path(repo_root() / "notebooks" / "03_train.ipynb") == "notebooks/03_train.ipynb"
+    assert shown_path(tmp_path / "elsewhere" / "dino.pth") == "…/dino.pth"  # outside both: the name only
+    assert shown_path("runs/x") == "runs/x"
+
+
+def test_relative_paths_in_text_and_relative_ids(tmp_path, monkeypatch) -> None:
+    from ada_utils.book.paths import relative_ids, relative_paths
+
+    work = tmp_path / "work"
+    monkeypatch.setenv("ADA_WORK", str(work))
+    text = f"--gallery {work}/cache/features/ab --sheet {work}/runs/x.png --root {work} --other {work}2/y"
+    assert relative_paths(text) == f"--gallery cache/features/ab --sheet runs/x.png --root . --other {work}2/y"
+    assert relative_paths("no paths here") == "no paths here"
+    root = work / "data" / "bench"
+    assert relative_ids([root / "dataset" / "a.jpg", str(root / "b.jpg")], root) == ["dataset/a.jpg", "b.jpg"]
+    with pytest.raises(ValueError):
+        relative_ids([tmp_path / "c.jpg"], root)
+
+
+def test_analysis_chapters_refuse_a_run_that_fine_tuned_its_encoder(tmp_path) -> None:
+    """01/02 apply a run's head to the frozen backbone's features: a fine-tuned run must stop them, named."""
+    import json
+
+    import pytest
+
+    from ada_utils.analysis.features import _find_run
+
+    run = tmp_path / "runs" / "03_train" / "ada-seed0"
+    run.mkdir(parents=True)
+    (run / "head.safetensors").write_bytes(b"")
+    (run / "metrics.json").write_text(json.dumps({"data_root": "bench"}))
+    (run / "config.json").write_text(json.dumps({"config": {"finetune": "last_k", "backbone": "dino_vitb16"}}))
+    with pytest.raises(ValueError, match="ada-seed0 fine-tuned its encoder"):
+        _find_run("ada", seed=0, train_params={}, root=tmp_path / "bench", runs=run.parent)
+    (run / "config.json").write_text(json.dumps({"config": {"finetune": "frozen"}}))
+    assert _find_run("ada", seed=0, train_params={}, root=tmp_path / "bench", runs=run.parent)[0] == run

@@ -74,9 +74,10 @@ def test_cli_embed_eval_attribute(tmp_path, monkeypatch, capsys):
     root = tmp_path / "root"
     _mini_root(root, np.random.default_rng(2))
     enc = TinyEncoder()
-    assert _run(["eval", "--root", str(root), "--out", str(tmp_path / "m.json")], monkeypatch, enc) == 0
+    assert _run(["eval", "--data-root", str(root), "--out", str(tmp_path / "m.json")], monkeypatch, enc) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["cells"]["test_a/scene"]["n_queries"] == 4 and metrics["n_distractors"] == 3
+    assert metrics["source"] == "images" and metrics["mapper"] is None
     gallery = root / "dataset" / "laion_subset"
     assert _run(["embed", str(gallery), "--cache", str(tmp_path / "g")], monkeypatch, enc) == 0
     query = root / "dataset" / "laion_subset" / "0000001.png"

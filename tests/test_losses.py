@@ -12,6 +12,7 @@ from ada_utils.losses import (
     InfoNCELoss,
     InfomaxLoss,
     cross_domain_nn_positives,
+    gathered_info_nce_loss,
     info_nce_loss,
     infomax_ica_loss,
     infomax_loss,
@@ -340,3 +341,43 @@ def test_cross_domain_nn_positives():
     assert torch.equal(cross_domain_nn_positives(synth[:20], real[:30], chunk_size=3), brute)
     with pytest.raises(ValueError, match="dims differ"):
         cross_domain_nn_positives(torch.randn(3, 4), torch.randn(3, 5))
+
+
+# ---------------------------------------------------------------- InfoNCE with negatives gathered across processes
+def test_gathered_info_nce_one_process_equals_plain_loss():
+    q, k = torch.randn(6, 5, generator=_gen(3)), torch.randn(6, 5, generator=_gen(4))
+    for symmetric in (True, False):
+        plain = info_nce_loss(q, k, temperature=0.2, symmetric=symmetric)
+        for gather in (None, lambda x: [x]):  # no gather at all, or a world of one process
+            got = gathered_info_nce_loss(q, k, temperature=0.2, symmetric=symmetric, gather=gather)
+            torch.testing.assert_close(got, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [[4, 4], [3, 5], [0, 4, 2]])
+def test_gathered_info_nce_mean_over_processes_is_the_global_loss(sizes):
+    """Simulated processes: each scores its rows against all keys, positives at offset + i; the mean of the
+    per-process losses and its gradient equal the one-process loss of the whole batch."""
+    q = torch.randn(sum(sizes), 5, generator=_gen(5), dtype=torch.float64, requires_grad=True)
+    k = torch.randn(sum(sizes), 5, generator=_gen(6), dtype=torch.float64, requires_grad=True)
+    bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    per_rank = []
+    for rank in range(len(sizes)):
+        q_local, k_local = q[bounds[rank]:bounds[rank + 1]], k[bounds[rank]:bounds[rank + 1]]
+
+        def gather(x, rank=rank, q_local=q_local):  # every process's rows; entry ``rank`` is the local tensor
+            whole = q if x is q_local else k
+            return [x if r == rank else whole[bounds[r]:bounds[r + 1]] for r in range(len(sizes))]
+
+        per_rank.append(gathered_info_nce_loss(q_local, k_local, temperature=0.1, rank=rank, gather=gather))
+    mean = torch.stack(per_rank).mean()
+    ref = _ref_info_nce(q, k, 0.1)
+    torch.testing.assert_close(mean, ref)
+    grads = torch.autograd.grad(mean, (q, k))
+    for got, want in zip(grads, torch.autograd.grad(ref, (q, k))):
+        torch.testing.assert_close(got, want)
+    if sizes == [4, 4]:  # equal shards: a process's loss is the mean over its rows, positives at rank * B + i
+        qn, kn, labels = F.normalize(q, dim=1), F.normalize(k, dim=1), 4 + torch.arange(4)
+        own = 0.5 * (F.cross_entropy(qn[4:] @ kn.T / 0.1, labels) + F.cross_entropy(kn[4:] @ qn.T / 0.1, labels))
+        torch.testing.assert_close(per_rank[1], own)
+    with pytest.raises(ValueError, match="every process's rows in rank order"):
+        gathered_info_nce_loss(q[:2], k[:2], rank=0, gather=lambda x: [x[:1]])

@@ -60,9 +60,29 @@ def test_training_chapter_runs_the_gradient_solver(tiny_root: Path, tmp_path: Pa
     import json
     import re
 
-    _execute("03_train", tmp_path / "03_gradient.ipynb", solver="gradient", lam=1.0)
+    _execute("03_train", tmp_path / "03_gradient.ipynb", solver="gradient", lam=1.0, overwrite=True)
     nb = json.loads((tmp_path / "03_gradient.ipynb").read_text())
     text = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
                    for c in nb["cells"] for o in c.get("outputs", []))
     steps = re.search(r"ada: (\d+) steps in", text)
     assert steps and int(steps.group(1)) > 0, "the gradient solver took no training steps"
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_cells_hold_calls_not_logic(name: str):
+    """Chapters keep narrative, parameters, calls and figures: no cell defines a function or class (a lambda
+    bound to a name included), and no code cell but the parameters cell is longer than 25 lines."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS[name].path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        assert len(cell.source.splitlines()) <= 25, f"{name} cell {i}: {len(cell.source.splitlines())} lines"
+        for node in ast.walk(ast.parse(cell.source)):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)), \
+                f"{name} cell {i} defines {node.name!r}: move it to ada_utils"
+            if isinstance(node, ast.Assign):
+                assert not isinstance(node.value, ast.Lambda), f"{name} cell {i} binds a lambda to a name"

@@ -93,9 +93,10 @@ def test_findings_are_generated_from_the_summary():
                "seeds": [0, 1, 2], "scale": "small", "hardware": "CPU: 2 cores",
                "encoder": {"name": "efficientnet_lite0", "image_size": 128}}
     text = findings(summary)
-    assert text.startswith("**What this book finds** (embedded benchmark `small`, 2 cells, seeds [0, 1, 2], "
+    assert text.startswith("**What this book finds** (embedded benchmark, scale `small`, 2 cells, seeds [0, 1, 2], "
                            "`efficientnet_lite0` at 128 px, CPU: 2 cores;")
     assert "(chance 0.0025): ada 0.400, per-domain whitening 0.300, supervised baseline 0.450, pretrained " \
            "features 0.200." in text
     assert "beats the pretrained features in 2/2 cells" in text and "≥ in 2/2 cells and > in 0/2." in text
     assert "`ada` is ≥ in 2/2 cells and > in 0/2" in text
+    assert "TRANSDUCTIVE" not in text and "TRANSDUCTIVE" in findings({**summary, "train_pool": "transductive"})

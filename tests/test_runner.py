@@ -71,3 +71,12 @@ def test_copy_findings_puts_the_results_paragraph_where_the_intro_includes_it(tm
     src.write_text("**What this book finds** ...\n")
     assert copy_findings(out).read_text() == "**What this book finds** ...\n"
     assert "executed/findings.md" in (Path(__file__).parents[1] / "book" / "intro.md").read_text()
+
+
+def test_book_recomputes_runs_that_chapters_would_resume():
+    from ada_utils.book.runner import book_parameters
+
+    nbs = Path(__file__).parents[1] / "notebooks"
+    assert book_parameters(nbs / "03_train.ipynb", {"scale": "tiny"}) == {"overwrite": True, "scale": "tiny"}
+    assert book_parameters(nbs / "03_train.ipynb", {"overwrite": False}) == {"overwrite": False}
+    assert book_parameters(nbs / "00_data.ipynb", {}) == {}

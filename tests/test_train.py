@@ -277,3 +277,28 @@ def test_validation_split_holds_out_every_image_of_validation_models(tmp_path: P
     assert len(fit.feats) == fit.views.shape[1] == 4 and sorted(fit.domain.tolist()) == [0, 1, 1, 1]
     assert fit.pairs.shape == (3, 2) and (fit.domain[fit.pairs[:, 0]] == 0).all()
     assert np.array_equal(fit.feats[fit.pairs[:, 1]], data.feats[data.pairs[data.pair_model == 1][:, 1]])
+
+
+def test_log_cut_by_a_kill_and_grad_scaler_state_survive_resumption(tmp_path: Path) -> None:
+    from ada_utils.heads import EncoderWithHeads
+    from ada_utils.train.data import select_rows
+    from ada_utils.train.loop import _optimizer, build_model
+    from ada_utils.train.run_folder import load_checkpoint, read_log, save_checkpoint
+    from ada_utils.train.step import FeatureSource
+
+    (tmp_path / "log.jsonl").write_text('{"step": 0, "loss": 1.5}\n{"step": 1, "loss": 1.2}\n{"step": 2, "lo')
+    assert read_log(tmp_path) == [{"step": 0, "loss": 1.5}, {"step": 1, "loss": 1.2}]  # kill -9 mid-line
+    (tmp_path / "log.jsonl").write_text('{"step": 0, "lo\n{"step": 1, "loss": 1.2}\n')
+    with pytest.raises(ValueError, match="line 1 is not valid JSON"):
+        read_log(tmp_path)
+    data, cfg = _data(), _cfg(method="ada")
+    rows = select_rows(cfg, data)
+    model = EncoderWithHeads(build_model(cfg, data, rows))
+    opt, stepper = _optimizer(cfg, model), Step(cfg, data, rows, FeatureSource(data))
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)  # float16 autocast's scaler (CUDA in training)
+    scaler.scale(torch.ones(()))  # starts the scale
+    scaler.update(new_scale=64.0)
+    save_checkpoint(tmp_path / "ckpt.safetensors", model, opt, stepper, 5, scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    assert load_checkpoint(tmp_path / "ckpt.safetensors", model, opt, stepper, fresh) == 5
+    assert fresh.get_scale() == 64.0

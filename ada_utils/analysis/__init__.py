@@ -1,4 +1,6 @@
 """The analysis chapters' machinery (01 cross-covariance, 02 CCA decomposition): the feature sets they measure
-(:mod:`.features`) and their figures (:mod:`.figures`). The statistics themselves are the paper's mathematics in
-:mod:`ada_utils.covariance` and :mod:`ada_utils.cca`.
+(:mod:`.features`), the per-encoder measurements (:mod:`.measures`), the claims judged as data (:mod:`.claims`)
+and the figures (:mod:`.figures`). The statistics themselves are the paper's mathematics in
+:mod:`ada_utils.covariance` and :mod:`ada_utils.cca`, the verdicts those of :mod:`ada_utils.eval.statistics`.
+:mod:`.paths` shows paths relative to the repository (every chapter prints them through it).
 """

@@ -18,6 +18,7 @@ import numpy as np
 from ada_utils.cca import CCAModel
 
 if TYPE_CHECKING:
+    from ada_utils.encoders.backbones import Encoder
     from ada_utils.encoders.features import BenchmarkFeatures
     from ada_utils.train.data import TrainData
 
@@ -78,6 +79,10 @@ def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Pat
     if read_json(run / "metrics.json").get("data_root") != root.name:
         return None, "03_train run is for another benchmark"
     saved = read_json(run / "config.json").get("config", {})
+    if saved.get("finetune", "frozen") != "frozen":
+        raise ValueError(f"{run} fine-tuned its encoder (finetune={saved['finetune']!r}): this chapter measures heads on "
+                         "the frozen backbone's features; analyse a frozen-encoder run (03_train with finetune "
+                         "frozen) or pass encoders without it")
     wrong = {k: (saved.get(k), v) for k, v in train_params.items() if k in saved and saved[k] != v}
     if wrong:
         raise ValueError(f"{run} was trained with other settings {wrong} (saved, here): rerun 03_train with "
@@ -85,14 +90,21 @@ def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Pat
     return run, str(run.relative_to(runs.parent))
 
 
-def _fallback_maps(name: str, pool: TrainData, *, seed: int, train_params: dict, out: Path,
-                   epochs: int | None) -> tuple[FeatureMap, FeatureMap]:
-    """Train the head of ``name`` here (TrainConfig defaults) when 03_train has no usable run."""
-    from ada_utils.train.loop import feature_maps, train
+def _fallback_maps(name: str, pool: TrainData, *, seed: int, train_params: dict, out: Path, epochs: int | None,
+                   encoder: Encoder, root: Path) -> tuple[FeatureMap, FeatureMap]:
+    """Train the head of ``name`` here (TrainConfig defaults) when 03_train has no usable run.
+
+    ``pool`` has no augmented views; the closed-form ``ada`` fit pairs each image with its views, so for it the
+    pool is embedded again with ``TrainConfig``'s views (``encoder``, ``root``; cached by ``embed_images``).
+    """
     from ada_utils.train.config import TrainConfig
+    from ada_utils.train.data import training_data
+    from ada_utils.train.loop import feature_maps, train
 
     extra = {"epochs": epochs} if epochs else {}
     cfg = TrainConfig.from_dict({**train_params, "method": name, "seed": seed, **extra})
+    if cfg.closed_form_ada and cfg.alignment in ("views", "both") and pool.views is None:
+        pool = training_data(encoder, root, n_views=max(cfg.n_views, 1), augment=cfg.augment, with_pairs=True)
     result = train(cfg, pool, out / f"{name}-seed{seed}", overwrite=True, progress=False)
     return feature_maps(result.model)
 
@@ -115,7 +127,7 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
     params = {"backbone": backbone, "weights": weights, "image_size": image_size}
     runs = {n: _find_run(n, seed=seed, train_params=params, root=root, runs=runs_dir() / "03_train")
             for n in names if n not in ("random", "pretrained")}  # checked before any embedding
-    raw: dict[bool, tuple[BenchmarkFeatures, TrainData]] = {}
+    raw: dict[bool, tuple[Encoder, BenchmarkFeatures, TrainData]] = {}
     out = {}
     for name in names:
         pretrained = name != "random"
@@ -124,16 +136,17 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
             size = image_size if pretrained else (random_image_size or image_size)
             enc = load_encoder(backbone, (weights or None) if pretrained else None, device, image_size=size,
                                pretrained=pretrained)
-            raw[pretrained] = (embed_benchmark(enc, root, distractors=distractors),
+            raw[pretrained] = (enc, embed_benchmark(enc, root, distractors=distractors),
                                training_data(enc, root, n_views=0, with_pairs=True))
-        bench, pool = raw[pretrained]
+        enc, bench, pool = raw[pretrained]
         maps, source = (None, None), "none"
         if name in runs:
             run, source = runs[name]
             if run is not None:
                 maps = feature_maps(run)
             else:
-                maps = _fallback_maps(name, pool, seed=seed, train_params=params, out=fallback, epochs=fallback_epochs)
+                maps = _fallback_maps(name, pool, seed=seed, train_params=params, out=fallback, epochs=fallback_epochs,
+                                      encoder=enc, root=root)
                 source = f"trained here with default settings ({source})"
         out[name] = FeatureSet(name, bench, pool, *maps, source=source)
     return out

@@ -103,13 +103,26 @@ def run_notebooks(*, params: Path | None = None, out_dir: Path | None = None, on
             continue
         log(f"[book] {name}: executing ...")
         start = time.perf_counter()
-        pm.execute_notebook(str(nb.path), str(target), parameters=_load_yaml(params), cwd=str(root),
-                            kernel_name="python3", progress_bar=True, log_output=False)
+        pm.execute_notebook(str(nb.path), str(target), parameters=book_parameters(nb.path, _load_yaml(params)),
+                            cwd=str(root), kernel_name="python3", progress_bar=True, log_output=False)
         times[name] = round(time.perf_counter() - start, 1)
         stamps[name] = keys[name]
         write_json(stamps_path, stamps)
         log(f"[book] {name}: done in {times[name]:.0f} s")
     return times
+
+
+def book_parameters(path: Path, params: dict) -> dict:
+    """``params`` for one notebook of the book: a chapter that resumes matching runs by default (``overwrite``
+    parameter) recomputes them, because the book re-runs a chapter exactly when its code or library changed."""
+    import nbformat
+
+    from ada_utils.book.notebook import parse_parameters_cell
+
+    cell = next((c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])),
+                None)
+    declared = parse_parameters_cell(cell.source)[0] if cell is not None else {}
+    return {**({"overwrite": True} if "overwrite" in declared else {}), **params}
 
 
 def _with_needs(notebooks: dict[str, Notebook], names: list[str]) -> set[str]:

@@ -3,6 +3,10 @@
 Each area registers its own subcommands from ``ada_utils/cli/<area>.py`` (``register(subparsers)``); every
 subcommand sets ``func(args) -> int``. Heavy imports (torch, timm) happen inside the subcommands, so
 ``ada --help`` stays fast.
+
+Errors: a user error (a missing file, a bad parameter, a refused run folder, a diverged run, absent photo
+sources) prints one line and exits with 2; anything else, CUDA and NCCL failures included, keeps its
+traceback, because its message alone rarely says where it came from.
 """
 
 from __future__ import annotations
@@ -26,12 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user fixes from the message alone; RuntimeError is not one of them (CUDA, NCCL and torch's own
+# failures are RuntimeErrors), except the project's subclasses named in ``_user_errors``.
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError)
+USER_RUNTIME_ERRORS = (("ada_utils.train.loop", "TrainingDivergedError"), ("ada_utils.data.photos", "PhotoSourceError"))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """``USER_ERRORS`` and the project's user-facing RuntimeError subclasses (of modules already imported)."""
+    extra = [getattr(sys.modules.get(module), name, None) for module, name in USER_RUNTIME_ERRORS]
+    return USER_ERRORS + tuple(cls for cls in extra if isinstance(cls, type))
+
+
+def _end_distributed() -> None:
+    """Destroy a ``torch.distributed`` process group that a subcommand started under torchrun."""
+    module = sys.modules.get("ada_utils.train.distributed")  # only that module starts process groups
+    if module is not None:
+        module.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ada`` console script; returns the process exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "params_file", None):  # ada train -f FILE.yaml: the file's values become the defaults
+            args.apply_params_file(args.params_file)
+            args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise  # a bug or a CUDA / NCCL failure: keep the traceback
         print(f"ada {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        _end_distributed()

@@ -4,7 +4,8 @@ Examples::
 
     ada data fetch-photos                                   # apt-get download + dpkg-deb -x into cache/photos
     ada data build --scale tiny --seed 0 --out data/embedded-tiny-seed0
-    ada data check --root /data/abc dataset/json/test_bamfg.json --json
+    ada data build --scale tiny --layout abc                # AbC-named rehearsal root of the same images
+    ada data check --data-root /data/abc dataset/json/test_bamfg.json --json
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ from pathlib import Path
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ada_utils.data.generate import build_benchmark, default_root
+    from ada_utils.data.generate import build_benchmark, default_root, ensure_benchmark
+    from ada_utils.data.rehearsal import build_rehearsal
 
-    out = Path(args.out) if args.out else default_root(args.scale, args.seed)
     start = time.perf_counter()
-    build_benchmark(out, scale=args.scale, seed=args.seed, photos=args.photos, objects=args.objects,
-                    workers=args.workers, overwrite=args.overwrite)
+    if args.layout == "embedded":
+        out = Path(args.out) if args.out else default_root(args.scale, args.seed)
+        build_benchmark(out, scale=args.scale, seed=args.seed, photos=args.photos, objects=args.objects,
+                        workers=args.workers, overwrite=args.overwrite)
+    else:
+        src = ensure_benchmark(scale=args.scale, seed=args.seed, photos=args.photos, objects=args.objects)
+        hf = args.layout == "abc-hf"
+        out = Path(args.out) if args.out else default_root(args.scale, args.seed).with_name(
+            f"abc-rehearsal-{args.scale}-seed{args.seed}" + ("-hf" if hf else ""))
+        build_rehearsal(src, out, layout="hf" if hf else "repo", overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"built {out} ({args.scale}, seed {args.seed}) in {time.perf_counter() - start:.1f} s, "
+    print(f"built {out} ({args.layout}, {args.scale}, seed {args.seed}) in {time.perf_counter() - start:.1f} s, "
           f"{size / 2**20:.1f} MiB")
     return 0
 
@@ -71,10 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="extra folder of PNG cut-outs with transparency, one sub-folder per category")
     build.add_argument("--workers", type=int, default=None, help="processes (default 1 for tiny, else 2)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    build.add_argument("--layout", default="embedded", choices=["embedded", "abc", "abc-hf"],
+                       help="embedded: the benchmark's own names; abc / abc-hf: the same images under AbC's "
+                       "names and schema (repository / Hugging Face mirror layout), to rehearse the paper's path")
     build.set_defaults(func=_build)
 
     check = sub.add_parser("check", help="count models/exemplars/queries per test case; report missing files")
-    check.add_argument("--root", required=True, help="data root (AbC repo layout or Hugging Face mirror layout)")
+    check.add_argument("--data-root", dest="root", required=True, help="data root (AbC repo layout or Hugging Face mirror layout)")
     check.add_argument("json", nargs="+", help="benchmark JSON files (paths, or relative to --root)")
     check.add_argument("--distractors", type=int, default=None, help="also check the first N distractors")
     check.add_argument("--json", dest="json_output", action="store_true", help="machine-readable output")

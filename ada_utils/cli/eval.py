@@ -1,9 +1,14 @@
 """``ada embed``, ``ada eval`` and ``ada attribute``: cached features, official metrics, nearest gallery images.
 
-    ada embed IMAGES_OR_DIRS... --encoder efficientnet_lite0 [--cache DIR]
-    ada eval --root DATA_ROOT --encoder efficientnet_lite0 [--distractors N] [--out metrics.json]
-    ada attribute --gallery DIR_OR_FEATURES --query IMAGES... --encoder NAME [--top 10] [--index flat|ivf|hnsw]
+    ada embed IMAGES_OR_DIRS... --backbone efficientnet_lite0 [--cache DIR]
+    ada eval --data-root DATA_ROOT --backbone efficientnet_lite0 [--distractors N] [--out metrics.json]
+    ada eval --abc-feats feats/dino [--mapper weights/mapper/dino_tuned.pth] [--distractors N] [--out metrics.json]
+    ada attribute --gallery DIR_OR_FEATURES --query IMAGES... --backbone NAME [--top 10] [--index flat|ivf|hnsw]
                   [--sheet out.png|out.html]
+
+Flag names follow ``ada train`` and the notebooks' parameters (``--data-root``, ``--backbone``, ``--weights``,
+``--image-size``, ``--device``). ``ada eval --abc-feats`` reads AbC's released feature files
+(:mod:`ada_utils.eval.released`): no images, no encoder.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import numpy as np
 
 
 def _encoder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (offline default efficientnet_lite0)")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="encoder name (offline default efficientnet_lite0)")
     p.add_argument("--weights", default=None, help="local weights file (default: packaged / cached weights)")
     p.add_argument("--image-size", type=int, default=None, help="crop size in pixels (CPU book: 128; GPU: 224)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (ada eval --abc-feats: where the metric runs)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 on a 2-core machine)")
 
@@ -27,7 +33,7 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
 def _load_encoder(args: argparse.Namespace):
     from ada_utils.encoders import load_encoder
 
-    return load_encoder(args.encoder, args.weights, args.device, image_size=args.image_size)
+    return load_encoder(args.backbone, args.weights, args.device, image_size=args.image_size)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _encoder_args(p)
     p.set_defaults(func=_embed)
 
-    p = subparsers.add_parser("eval", help="official AbC metrics of an encoder on a data root, per cell")
-    p.add_argument("--root", type=Path, required=True, help="data root holding dataset/json/test_*.json")
+    p = subparsers.add_parser("eval", help="official AbC metrics per cell, of an encoder on a data root or of "
+                              "AbC's released features")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", type=Path, default=None,
+                        help="data root holding dataset/json/test_*.json: embeds its images with --backbone")
+    source.add_argument("--abc-feats", type=Path, default=None,
+                        help="AbC features folder feats/<model>/ (laion_subset.pth + test_*.pth): no images, no "
+                        "encoder (--backbone, --weights, --image-size are ignored)")
+    p.add_argument("--mapper", type=Path, default=None, help="with --abc-feats: AbC tuned mapper "
+                   "weights/mapper/<model>_tuned.pth (the supervised baseline; default: pretrained features)")
     p.add_argument("--distractors", type=int, default=None, help="first N distractors (default: all)")
     p.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     _encoder_args(p)
@@ -67,23 +81,52 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ada_utils.project import hardware
+    if args.abc_feats is not None:
+        return _eval_abc_feats(args)
+    if args.mapper is not None:
+        raise ValueError("--mapper applies to AbC's released features only: use it with --abc-feats")
     from ada_utils.encoders import embed_benchmark
-    from ada_utils.eval import chance_level, evaluate
-    from ada_utils.files import write_json
+    from ada_utils.eval import evaluate
 
-    bf = embed_benchmark(_load_encoder(args), args.root, distractors=args.distractors, batch_size=args.batch_size,
-                         num_workers=args.num_workers)
-    cells, chance = evaluate(bf, progress=True), chance_level(bf)
+    bf = embed_benchmark(_load_encoder(args), args.data_root, distractors=args.distractors,
+                         batch_size=args.batch_size, num_workers=args.num_workers)
+    _report(args, bf, evaluate(bf, progress=True), source="images", root=args.data_root, mapper=None)
+    return 0
+
+
+def _eval_abc_feats(args: argparse.Namespace) -> int:
+    """Official metrics of AbC's released (or AbC-format) features, optionally through a tuned mapper."""
+    from ada_utils.eval import evaluate
+    from ada_utils.eval.released import load_mapper, load_released_features
+    from ada_utils.project import resolve_device
+
+    bf = load_released_features(args.abc_feats, distractors=args.distractors)
+    real_map = synth_map = None
+    if args.mapper is not None:
+        real_map, synth_map = load_mapper(args.mapper, dim=bf.distractors.shape[1], features=args.abc_feats)
+    cells = evaluate(bf, real_map=real_map, synth_map=synth_map, device=str(resolve_device(args.device)),
+                     progress=True)
+    _report(args, bf, cells, source="abc-feats", root=args.abc_feats,
+            mapper=None if args.mapper is None else args.mapper.name)
+    return 0
+
+
+def _report(args: argparse.Namespace, bf, cells: dict, *, source: str, root: Path, mapper: str | None) -> None:
+    """Print the per-cell table; with ``--out`` write the metrics JSON (one schema for both sources)."""
+    from ada_utils.eval import chance_level
+    from ada_utils.files import write_json
+    from ada_utils.project import hardware
+
+    chance = chance_level(bf)
     print(f"{'cell':32s} {'R@5':>6s} {'R@10':>6s} {'R@100':>6s} {'mAP':>6s} {'chance mAP':>10s} {'queries':>7s}")
     for name, m in cells.items():
         print(f"{name:32s} {m['R@5']:6.3f} {m['R@10']:6.3f} {m['R@100']:6.3f} {m['mAP']:6.3f} "
               f"{chance[name]['mAP']:10.4f} {m['n_queries']:7d}")
     if args.out:
-        write_json(args.out, {"cells": cells, "chance": chance, "encoder": bf.encoder, "root": str(args.root),
-                              "n_distractors": len(bf.distractors), "hardware": hardware()})
+        write_json(args.out, {"cells": cells, "chance": chance, "encoder": bf.encoder, "root": str(root),
+                              "n_distractors": len(bf.distractors), "hardware": hardware(), "source": source,
+                              "mapper": mapper})
         print(f"wrote {args.out}")
-    return 0
 
 
 def _gallery(args: argparse.Namespace, encoder):
@@ -95,8 +138,8 @@ def _gallery(args: argparse.Namespace, encoder):
         feats = load_features(args.gallery)
         if feats.manifest["encoder"] != json.loads(json.dumps(encoder.spec)):
             raise ValueError(f"{args.gallery / 'manifest.json'}: gallery features come from encoder "
-                             f"{feats.manifest['encoder'].get('name')!r} with another spec than --encoder "
-                             f"{args.encoder!r}; embed the gallery with the same encoder")
+                             f"{feats.manifest['encoder'].get('name')!r} with another spec than --backbone "
+                             f"{args.backbone!r}; embed the gallery with the same encoder")
         return feats
     return embed_images(encoder, image_files([args.gallery]), batch_size=args.batch_size,
                         num_workers=args.num_workers)

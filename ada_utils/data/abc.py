@@ -35,7 +35,7 @@ class MissingFilesError(FileNotFoundError):
         more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         first = min(len(missing), MAX_LISTED)
         super().__init__(f"{source}: {len(missing)} referenced file(s) are missing (first {first} shown; "
-                         f"check --root and the layout, or finish the download):\n  {shown}{more}")
+                         f"check --data-root and the layout, or finish the download):\n  {shown}{more}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,26 @@ def json_path(root: str | Path, name: str, *, layout: Layout = "auto") -> Path:
     """Where the JSON ``name`` (``test_styles`` or ``test_styles.json``) lives under ``root``."""
     name = name if name.endswith(".json") else f"{name}.json"
     return resolve(f"{PREFIX}json/{name}", root, layout=layout)
+
+
+def test_case_names(root: str | Path, *, layout: Layout = "auto") -> list[str]:
+    """The test cases of a data root: the stems of its ``test_*.json``, sorted (AbC's four, the embedded three)."""
+    json_dir = json_path(root, "any", layout=layout).parent
+    names = sorted(p.stem for p in json_dir.glob("test_*.json"))
+    if not names:
+        raise FileNotFoundError(f"{json_dir}: no test_*.json (is {root} an AbC-layout data root?)")
+    return names
+
+
+def describe_root(root: str | Path) -> str:
+    """Which data a root holds, as figures and tables state it: the embedded benchmark, its AbC-named rehearsal,
+    or an AbC-layout root (the real benchmark)."""
+    root = Path(root)
+    if (root / "rehearsal.json").is_file():
+        return f"AbC-named rehearsal of the embedded benchmark ({root.name})"
+    if (root / "manifest.json").is_file():
+        return f"embedded benchmark ({root.name})"
+    return f"AbC data root ({root.name})"
 
 
 def read_entries(path: str | Path) -> list[dict]:
@@ -180,23 +200,32 @@ class Pool:
         paths: image files ordered by content hash (renaming folders or permuting pairs cannot change it).
         domain: (N,) int64, 0 = real, 1 = synthetic.
         ids: opaque ids (the content hash prefix).
+        source: where the images come from (``train_json``, ``folders`` or ``transductive``; see
+            :mod:`ada_utils.data.pools`).
     """
 
     paths: list[Path]
     domain: np.ndarray
     ids: list[str]
+    source: str = "train_json"
 
 
 def _content_id(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
 
 
+def pool_of(items: list[tuple[Path, int]], *, source: str) -> Pool:
+    """A :class:`Pool` of ``(path, domain)`` items in content-hash order (ties: domain, then path)."""
+    keyed = sorted(((_content_id(p), str(p), p, d) for p, d in items), key=lambda t: (t[0], t[3], t[1]))
+    return Pool([t[2] for t in keyed], np.asarray([t[3] for t in keyed], dtype=np.int64), [t[0] for t in keyed],
+                source)
+
+
 def unlabelled_pool(root: str | Path, *, split_json: str = "train_all.json", layout: Layout = "auto") -> Pool:
     """Every exemplar (real) and synthetic image of a training JSON as a flat, label-free pool."""
     case = load_test_case(json_path(root, split_json, layout=layout), root=root, layout=layout)
     items = [(p, 0) for p in case.exemplar_paths] + [(p, 1) for q in case.queries.values() for p in q]
-    keyed = sorted(((_content_id(p), str(p), p, d) for p, d in items), key=lambda t: (t[0], t[3], t[1]))
-    return Pool([t[2] for t in keyed], np.asarray([t[3] for t in keyed], dtype=np.int64), [t[0] for t in keyed])
+    return pool_of(items, source="train_json")
 
 
 def training_pairs(root: str | Path, *, split_json: str = "train_all.json",

@@ -7,20 +7,20 @@ scored by the ROC AUC of a single threshold, folded to [0.5, 1] (0.5 = no inform
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from ada_utils.data.abc import json_path, list_distractors, load_test_case
-from ada_utils.data.plan import TEST_CASES
+from ada_utils.data.abc import json_path, list_distractors, load_test_case, resolve, test_case_names
 
 
-def domain_paths(root: str | Path, test_cases: tuple[str, ...] = TEST_CASES) -> tuple[list[Path], list[Path]]:
-    """Real images (exemplars + distractors) and synthetic images (queries) of ``test_cases``."""
+def domain_paths(root: str | Path, test_cases: Sequence[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """Real images (exemplars + distractors) and synthetic images (queries) of ``test_cases`` (default: all)."""
     real, synth = list_distractors(root), []
-    for name in test_cases:
+    for name in test_cases or test_case_names(root):
         case = load_test_case(json_path(root, name), root=root)
         real += case.exemplar_paths
         synth += [p for q in case.queries.values() for p in q]
@@ -64,7 +64,7 @@ def summarise(json_files: list[str], *, root: Path, distractors: int | None = No
     """Per test case and prompt type: models, exemplars, queries (raises MissingFilesError on absent files)."""
     rows = []
     for name in json_files:
-        path = Path(name) if Path(name).is_file() else root / name
+        path = Path(name) if Path(name).is_file() else resolve(name, root)  # dataset/json/... in either layout
         case = load_test_case(path, root=root, distractors=distractors)
         for prompt in case.prompt_types:
             used = sorted(set(case.query_model[prompt].tolist()))

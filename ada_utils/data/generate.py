@@ -233,3 +233,15 @@ def ensure_benchmark(*, scale: str, seed: int = 0, root: Path | None = None, pho
         if (root / "manifest.json").is_file():  # another process finished the same build first
             return root
         raise
+
+
+def benchmark_root(data_root: str | Path, *, scale: str, seed: int = 0) -> Path:
+    """The data root a chapter works on: ``data_root`` (any AbC-layout root) when given, else the embedded
+    benchmark of ``scale`` (built on first use)."""
+    if data_root:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data_root={str(data_root)!r}: no such folder (an AbC-layout root holding "
+                                    "dataset/json/, or the Hugging Face mirror's folder holding json/)")
+        return root
+    return ensure_benchmark(scale=scale, seed=seed)

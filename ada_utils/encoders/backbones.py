@@ -27,7 +27,6 @@ slightly from DINO's), and state dicts keep the official shapes at every size.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from torch import nn
 from torchvision import transforms
 
 from ada_utils.encoders.checkpoints import CheckpointError, load_exact, read_checkpoint, read_our_config, unwrap_state_dict
-from ada_utils.project import resolve_device
 from ada_utils.files import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -289,6 +287,6 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
             "std": list(recipe.std), "feature": recipe.feature}
     encoder = Encoder(backbone, name=name, preprocess=preprocess, image_size=image_size, spec=spec,
                       weights_path=path)
-    if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
-    return encoder.to(resolve_device(str(device))).eval()
+    from ada_utils.train.distributed import select_device  # "auto" / "cuda" under torchrun: cuda:$LOCAL_RANK
+
+    return encoder.to(select_device(device)).eval()

@@ -4,8 +4,9 @@ A cache folder holds ``feats.npy`` ((N, D) float32, rows in the order of ``paths
 and ``manifest.json`` (encoder spec and a hash of its parameters, transform key, count, dim, dtype and a hash
 of the image list). The manifest is written last, so its presence means "complete". Work in progress lives in
 ``chunks/NNNNNN.npy`` (one file per ``chunk_size`` images, written atomically) beside ``progress.json``: an
-interrupted run resumes at the first missing chunk. Under ``torchrun`` (``RANK``/``WORLD_SIZE``) every rank
-embeds chunks ``rank, rank + world_size, ...`` into the same (shared) folder and rank 0 merges them.
+interrupted run resumes at the first missing chunk. Under ``torchrun`` (``RANK``/``WORLD_SIZE``, read through
+``ada_utils.train.distributed``) every rank embeds chunks ``rank, rank + world_size, ...`` into the same (shared)
+folder and rank 0 merges them; the ranks meet through files only, so no process group is needed.
 Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits).
 """
 
@@ -87,7 +88,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
         batch_size, num_workers: DataLoader settings.
         chunk_size: images per resumable chunk.
         progress: tqdm bar over images.
-        rank, world_size: this process's share (default from ``RANK``/``WORLD_SIZE``, else 0 and 1).
+        rank, world_size: this process's share (default: the process group's, else ``RANK``/``WORLD_SIZE``,
+            else 0 and 1).
         timeout: seconds a rank waits for the others' chunks (rank 0) or the merged manifest (others).
 
     Returns:
@@ -104,8 +106,12 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     ids = [Path(p).as_posix() for p in paths] if ids is None else [str(i) for i in ids]
     if len(ids) != len(paths):
         raise ValueError(f"ids: {len(ids)} ids for {len(paths)} paths")
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if rank is None or world_size is None:
+        from ada_utils.train.distributed import rank_and_world
+
+        env_rank, env_world = rank_and_world()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
     key = encoder_key(encoder, transform_key=transform_key, seed=seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ada_utils.data import json_path, list_distractors, load_test_case
+from ada_utils.data import json_path, list_distractors, load_test_case, test_case_names
 from ada_utils.encoders.embed import embed_images
 
 
@@ -58,11 +58,7 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
         batch_size, num_workers, progress: passed to ``embed_images``.
     """
     root = Path(root)
-    if test_cases is None:
-        json_dir = json_path(root, "any").parent  # dataset/json/ (repo layout) or json/ (HF mirror layout)
-        test_cases = sorted(p.stem for p in json_dir.glob("test_*.json"))
-        if not test_cases:
-            raise FileNotFoundError(f"{json_dir}: no test_*.json (is {root} a data root?)")
+    test_cases = test_case_names(root) if test_cases is None else test_cases
     cases = {name: load_test_case(json_path(root, name), root=root) for name in test_cases}
     images = list(dict.fromkeys(p for c in cases.values()
                                 for p in [*c.exemplar_paths, *(q for qs in c.queries.values() for q in qs)]))

@@ -57,6 +57,7 @@ def comparison_table(summary: dict, *, metric: str = "R@5") -> pd.DataFrame:
 
 
 def verdict_counts(comparisons: Sequence[Comparison], method: str, *, scale: str, seeds: Sequence[int],
+                   data: str = "the embedded benchmark",
                    others: Sequence[str] = ("pretrained", "whiten", "whiten_pd", "align", "disentangle", "supervised")
                    ) -> str:
     """Markdown: per control, in how many cells each verdict of ``method`` vs that control occurred."""
@@ -67,7 +68,7 @@ def verdict_counts(comparisons: Sequence[Comparison], method: str, *, scale: str
             counts = Counter(f"{c.a} {c.verdict.value} {c.b}" for c in got)
             lines.append(f"- `{method}` vs `{other}` (R@5, {len(got)} cells): " +
                          ", ".join(f"`{v}` in {n} cell(s)" for v, n in sorted(counts.items())))
-    return (f"On the embedded benchmark ({scale} scale, seeds {list(seeds)}):\n\n"
+    return (f"On {data} ({scale} scale, seeds {list(seeds)}):\n\n"
             + ("\n".join(lines) or "- no comparisons were recorded"))
 
 
@@ -212,8 +213,10 @@ def findings(summary: dict, *, method: str = "ada", data: str = "embedded benchm
 
     shown = [m for m in (method, "whiten_pd", "supervised", "pretrained") if m in final]
     enc = summary["encoder"]
+    if summary.get("train_pool") == "transductive":
+        data += ", TRANSDUCTIVE: fitted on the test cells' synthetic images without their labels"
     return "\n".join([
-        f"**What this book finds** ({data} `{summary['scale']}`, {len(cells)} cells, seeds {summary['seeds']}, "
+        f"**What this book finds** ({data}, scale `{summary['scale']}`, {len(cells)} cells, seeds {summary['seeds']}, "
         f"`{enc['name']}` at {enc['image_size']} px, {summary['hardware']}; generated from the numbers of the "
         "results chapter):", "",
         f"- Mean R@5 over the cells (chance {np.mean([summary['chance'][c]['R@5'] for c in cells]):.4f}): "

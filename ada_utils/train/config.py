@@ -43,6 +43,7 @@ CHOICES = {
     "alignment": ("views", "xdomain_nn", "both"), "train_domains": ("both", "real", "synth"),
     "optimizer": ("adamw", "sgd"), "schedule": ("two_stage", "joint"), "finetune": ("frozen", "last_k", "full"),
     "ica_nonlinearity": ("logistic", "tanh"), "augment": ("generic", "gap"), "solver": ("closed_form", "gradient"),
+    "amp_dtype": ("bfloat16", "float16"),
 }
 # Parameters that may differ between a checkpoint and its resumption (they do not change the arithmetic).
 RESUME_FREE = ("device", "checkpoint_every", "num_workers")
@@ -89,7 +90,8 @@ class TrainConfig:
     stage1_frac: float = 0.5
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     ica_nonlinearity: str = "logistic"
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # autocast on CUDA (ignored on CPU)
+    amp_dtype: str = "bfloat16"  # CUDA autocast dtype: bfloat16 | float16 (float16 adds a gradient scaler)
     gather: bool = False  # DDP: all-gather embeddings before the Infomax log-det (global covariance)
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
     seed: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,8 @@ class TrainData:
         pairs: (P, 2) int64 rows (real, synthetic) of matched training pairs: supervised baseline only.
         pair_model: (P,) int64 model index of each pair: supervised baseline only.
         paths: N image files (image path, ``finetune != "frozen"``).
+        source: where the pool's images come from (``train_json``, ``folders`` or ``transductive``;
+            :mod:`ada_utils.data.pools`); recorded with every run trained on it.
     """
 
     feats: np.ndarray
@@ -40,6 +43,7 @@ class TrainData:
     pairs: np.ndarray | None = None
     pair_model: np.ndarray | None = None
     paths: list[Path] | None = None
+    source: str = "train_json"
 
     def __post_init__(self) -> None:
         n = len(self.feats)
@@ -64,11 +68,12 @@ class TrainData:
 
 
 def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str = "gap", seed: int = 0,
-                  with_pairs: bool = False, batch_size: int = 64, num_workers: int = 0,
+                  with_pairs: bool = False, pool: str = "auto", real_dirs: Sequence[str | Path] = (),
+                  synth_dirs: Sequence[str | Path] = (), batch_size: int = 64, num_workers: int = 0,
                   progress: bool = True) -> TrainData:
     """Cached features of a benchmark's unlabelled training pool (plain images + ``n_views`` augmented views).
 
-    The pool comes from ``data.unlabelled_pool`` (content-hash order, opaque ids, real/synthetic flag only), so
+    The pool comes from :func:`ada_utils.data.pools.training_pool` (content-hash order, opaque ids, real/synthetic flag only), so
     renaming folders or re-pairing images cannot change what the unsupervised methods see. Each image and view
     is embedded once and cached by ``embed.embed_images`` (key: encoder spec + view recipe).
 
@@ -78,14 +83,19 @@ def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str =
         n_views: augmented views per image (``augment.SeededAugment`` views 0..n_views-1).
         augment: view recipe, ``"generic"`` or ``"gap"``.
         seed: seed of the views (data seed, not the training seed).
-        with_pairs: also read ``data.training_pairs`` (supervised baseline only).
+        with_pairs: also read ``data.training_pairs`` (supervised baseline only; needs the training JSON).
+        pool, real_dirs, synth_dirs: where the unlabelled images come from (:mod:`ada_utils.data.pools`).
         batch_size, num_workers, progress: passed to ``embed_images``.
     """
     from ada_utils.augment import SeededAugment, ViewTransform
-    from ada_utils.data import training_pairs, unlabelled_pool
+    from ada_utils.data import training_pairs
+    from ada_utils.data.pools import training_pool
     from ada_utils.encoders.embed import embed_images
 
-    pool = unlabelled_pool(root)
+    pool = training_pool(root, source=pool, real_dirs=real_dirs, synth_dirs=synth_dirs)
+    if with_pairs and pool.source != "train_json":
+        raise ValueError(f"the supervised baseline needs the labelled pairs of a training JSON; this pool comes from "
+                         f"{pool.source!r} (train_pool)")
     # Content ids key the cache: the same images hit the same cache however the root path is spelled.
     kw = {"ids": pool.ids, "batch_size": batch_size, "num_workers": num_workers, "progress": progress}
     feats = np.array(embed_images(encoder, pool.paths, **kw).feats, dtype=np.float32)  # a writable copy
@@ -102,7 +112,7 @@ def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str =
         pairs = np.asarray([f[:2] for f in found], dtype=np.int64)
         pair_model = np.asarray([f[2] for f in found], dtype=np.int64)
     return TrainData(feats, pool.domain.astype(np.int64), np.stack(views) if views else None, list(pool.ids),
-                     pairs, pair_model, list(pool.paths))
+                     pairs, pair_model, list(pool.paths), pool.source)
 
 
 def select_rows(cfg: TrainConfig, data: TrainData) -> np.ndarray:
@@ -165,4 +175,4 @@ def subset(data: TrainData, rows: np.ndarray) -> TrainData:
         pairs, pair_model = new[data.pairs[keep]], data.pair_model[keep]
     return TrainData(data.feats[rows], data.domain[rows], None if data.views is None else data.views[:, rows],
                      None if data.ids is None else [data.ids[r] for r in rows], pairs, pair_model,
-                     None if data.paths is None else [data.paths[r] for r in rows])
+                     None if data.paths is None else [data.paths[r] for r in rows], data.source)

@@ -1,13 +1,20 @@
 """One training loop for every method (``train_config``) and its controls, resumable to the bit.
 
 Two data paths share the loop: cached features (CPU book: a frozen encoder, the head trains in seconds)
-and images (GPU: ``finetune`` = last-k blocks or full, bfloat16 autocast, DistributedDataParallel under
-``torchrun`` when WORLD_SIZE > 1; ``train_step.ImageSource``). Closed-form methods are fitted by
+and images (GPU: ``finetune`` = last-k blocks or full; ``step.ImageSource``). On CUDA the forward runs under
+autocast (``amp``: bfloat16, or float16 with a gradient scaler). Closed-form methods are fitted by
 ``build_model`` on training rows only.
 
-Exact resumption: every random draw is a pure function of ``(seed, step)`` (``train_step``), the optimiser
+Under ``torchrun`` (WORLD_SIZE > 1) :mod:`.distributed` starts the process group (NCCL on ``cuda:LOCAL_RANK``,
+gloo on the CPU) and the model is wrapped in DistributedDataParallel; ``batch_size`` is the global batch and
+InfoNCE negatives are gathered from every process, so the logged loss (the mean over processes) is the
+one-process loss of the same global batch. Rank 0 alone writes the run folder; a finished or refused run
+ends at once on every rank.
+
+Exact resumption: every random draw is a pure function of ``(seed, step)`` (``step``), the optimiser
 state and the nearest-neighbour table are checkpointed, and learning rates come from arrays precomputed from
-the config, so a run killed and resumed from its last checkpoint ends with bit-identical weights on CPU.
+the config, so a run killed and resumed from its last checkpoint (with the same number of processes) ends with
+bit-identical weights on CPU.
 
 Run folder (``run_folder``): ``config.json``, ``log.jsonl``, ``checkpoint.safetensors``, ``head.safetensors``.
 """
@@ -29,8 +36,8 @@ from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
 from ada_utils.train.config import CLOSED_FORM, TrainConfig, lambda_schedule, lr_schedule
 from ada_utils.train.data import TrainData, select_rows
-from ada_utils.train.distributed import init_distributed
-from ada_utils.train.step import FeatureSource, ImageSource, StepBatches, Step
+from ada_utils.train import distributed
+from ada_utils.train.step import FeatureSource, ImageSource, StepBatches, Step, autocast_dtype
 
 
 ICA_COMPONENTS = 128  # FastICA sources of the closed-form ICA control (the leading PCA-whitened coordinates)
@@ -154,13 +161,16 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         out_dir: run folder (e.g. ``runs/03_train/ada-seed0``).
         encoder: the ``Encoder`` to fine-tune (image path only).
         resume: continue from ``checkpoint.safetensors`` (same config and data required); a finished run is
-            loaded as is.
+            loaded as is (on every rank under torchrun, at once).
         overwrite: delete an existing run in ``out_dir`` and start again.
         progress: show a tqdm bar.
         stop_at: stop *before* this step without finishing (simulates a killed run; for tests).
 
     Returns:
         ``TrainResult``, or None when stopped by ``stop_at``.
+
+    Under ``torchrun`` every rank calls ``train`` with the same arguments (and the same ``data``); rank 0 alone
+    writes ``out_dir``, every rank returns the same result, and errors about the run folder reach every rank.
 
     Raises:
         FileExistsError: ``out_dir`` holds a run and neither resume nor overwrite was given.
@@ -173,18 +183,20 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     from ada_utils.files import write_json
 
     out_dir = Path(out_dir)
-    rank, world = init_distributed()
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+    ctx = distributed.setup(cfg.device)
+    rank, world, device = ctx.rank, ctx.world, ctx.device
     rows = select_rows(cfg, data)
     t0 = time.perf_counter()  # seconds of a run = closed-form fits + training steps
     heads = build_model(cfg, data, rows)
     header = run_header(cfg, data, rows, heads)
-    if rank == 0:
+
+    def prepare() -> bool:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if prepare_dir(out_dir, header, resume=resume, overwrite=overwrite):
-            return TrainResult(out_dir, load_head(out_dir), read_log(out_dir), 0.0, 0)
+        return prepare_dir(out_dir, header, resume=resume, overwrite=overwrite)
+
+    # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
+    if distributed.on_main(prepare):
+        return TrainResult(out_dir, load_head(out_dir), read_log(out_dir), 0.0, 0)
     if cfg.finetune == "frozen":
         source, encoder = FeatureSource(data), None
     else:
@@ -199,14 +211,18 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     lrs, weights = lr_schedule(cfg, max(total, 1)), lambda_schedule(cfg, max(total, 1))
     header.update(steps=total, steps_per_epoch=stepper.steps_per_epoch, infomax_form=stepper.form, world_size=world)
     opt = _optimizer(cfg, model) if total else None
+    # float16 autocast needs loss scaling; bfloat16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg, device) == torch.float16)
     start, ckpt = 0, out_dir / "checkpoint.safetensors"
     if resume and ckpt.is_file() and opt is not None:
-        start = load_checkpoint(ckpt, model, opt, stepper)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
-                                                        else None)
+        start = load_checkpoint(ckpt, model, opt, stepper, scaler)
     log = [r for r in read_log(out_dir) if r["step"] < start]
+    distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
+    net = model
+    if world > 1 and opt is not None:
+        # Buffers (input centres, frozen BatchNorm statistics) never change during training: no broadcast per step.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     writer = open(out_dir / "log.jsonl", "w") if rank == 0 else None  # noqa: SIM115 (closed below)
     if writer is not None:
         write_json(out_dir / "config.json", header)
@@ -225,14 +241,20 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             for group in opt.param_groups:
                 group["lr"] = float(lrs[step])
             loss, parts = stepper.loss(net, batch, weights[step], device)
-            value = float(loss.detach())
+            # The logged loss is the mean over processes (= the one-process loss of the global batch); every
+            # rank sees the same value, so a divergence stops all of them together.
+            values = distributed.all_reduce_mean(torch.tensor([float(loss.detach()), *parts.values()],
+                                                              dtype=torch.float64, device=device)).tolist()
+            value, parts = values[0], dict(zip(parts, values[1:]))
             if not math.isfinite(value):
                 raise TrainingDivergedError(_diverged(cfg, step, value, out_dir))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
                 raise TrainingDivergedError(_diverged(cfg, step, value, out_dir))
             rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(lrs[step]), "loss": value,
@@ -243,14 +265,15 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
                 writer.write(json.dumps(rec) + "\n")
                 if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                     writer.flush()
-                    save_checkpoint(ckpt, model, opt, stepper, step + 1)
+                    save_checkpoint(ckpt, model, opt, stepper, step + 1, scaler)
     finally:
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - t0
-    if rank == 0:
+
+    def finish() -> None:
         if opt is not None:
-            save_checkpoint(ckpt, model, opt, stepper, total)
+            save_checkpoint(ckpt, model, opt, stepper, total, scaler)
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()},
                   str(out_dir / "head.safetensors"))
         if encoder is not None:
@@ -258,6 +281,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
 
             save_encoder_checkpoint(encoder, out_dir / "encoder.safetensors")
         write_json(out_dir / "config.json", {**header, "status": "finished", "train_seconds": seconds})
+
+    distributed.on_main(finish)  # returns on every rank once the finished run is on disk
     return TrainResult(out_dir, heads.cpu().eval(), log, seconds, total)
 
 

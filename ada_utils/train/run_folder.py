@@ -31,7 +31,7 @@ def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: Domai
     return {"config": dataclasses.asdict(cfg), "data_hash": data.fingerprint(with_pairs=cfg.method == "supervised"),
             "n_rows": int(len(rows)), "feature_dim": int(data.feats.shape[1]), "head_kind": model.kind,
             "shared": model.shared, "library_versions": library_versions(), "hardware": hardware(),
-            "fit": getattr(model, "fit_info", {}), "status": "running"}
+            "fit": getattr(model, "fit_info", {}), "train_pool": data.source, "status": "running"}
 
 
 def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -> bool:
@@ -64,13 +64,24 @@ def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -
 
 
 def read_log(out_dir: Path) -> list[dict]:
+    """The records of ``log.jsonl``; a last line cut short by a killed run is dropped (it is rewritten on resume)."""
     path = Path(out_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    lines = [line for line in path.read_text().splitlines() if line] if path.is_file() else []
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({err})") from err
+    return records
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, stepper: Step,
-                     step: int) -> None:
-    """Model, optimiser state, NN table/bank and RNG states in one safetensors file, written atomically."""
+                     step: int, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Model, optimiser state, NN table/bank, RNG states (and the float16 gradient scaler's state) in one
+    safetensors file, written atomically. Rank 0 alone calls it."""
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     sd = opt.state_dict()
     scalars: dict = {}
@@ -85,13 +96,16 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"step": step, "param_groups": sd["param_groups"], "opt_scalars": scalars}
+    if scaler is not None and scaler.is_enabled():
+        meta["grad_scaler"] = {k: float(v) if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, stepper: Step) -> int:
-    """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, stepper: Step,
+                    scaler: torch.amp.GradScaler | None = None) -> int:
+    """Restore what ``save_checkpoint`` wrote (every rank reads the same file); returns the step to continue from."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
@@ -112,6 +126,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if scaler is not None and scaler.is_enabled() and "grad_scaler" in meta:
+        scaler.load_state_dict(meta["grad_scaler"])
     return int(meta["step"])
 
 

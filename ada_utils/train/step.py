@@ -1,24 +1,39 @@
 """One training step: its inputs (cached features or images), its planned batch and its loss.
 
 A step's batch is a pure function of ``(seed, step)`` (``_generator``): a resumed run, or a DataLoader
-worker (``StepBatches``), draws exactly what the original run drew.
+worker (``StepBatches``), draws exactly what the original run drew. Under ``torchrun`` the *global* batch is
+drawn (rows and view picks) and process ``rank`` takes every ``world``-th item of it, so W processes see the
+same global batch as one; InfoNCE scores each process's rows against the keys gathered from all of them
+(``losses.gathered_info_nce_loss``), and the nearest-neighbour refresh is sharded across processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ada_utils.train.distributed import all_gather_with_grad
+from ada_utils.train.distributed import all_gather, all_gather_with_grad
 
 if TYPE_CHECKING:
     from ada_utils.train.config import TrainConfig
     from ada_utils.train.data import TrainData
+
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run on ``device``: None (float32) on the CPU or with ``amp=False``, else
+    ``cfg.amp_dtype`` (bfloat16, or float16 with a gradient scaler)."""
+    if not cfg.amp or device.type != "cuda":
+        return None
+    return AMP_DTYPES[cfg.amp_dtype]
 
 
 def _generator(seed: int, tag: str, step: int) -> torch.Generator:
@@ -114,8 +129,11 @@ class Step:
         """Inputs of ``step`` (CPU tensors) for this process's shard of the global batch."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         items = torch.randperm(self.n_items, generator=_generator(self.cfg.seed, "epoch", epoch))
-        items = items[pos * self.batch_size:(pos + 1) * self.batch_size][self.rank::self.world]
+        items = items[pos * self.batch_size:(pos + 1) * self.batch_size]
+        # Draw for the global batch, then shard: the same rows and views whatever the number of processes.
         pick_a, pick_b = self._picks(len(items), _generator(self.cfg.seed, "views", step))
+        shard = slice(self.rank, None, self.world)
+        items, pick_a, pick_b = items[shard], pick_a[shard], pick_b[shard]
         if not self.supervised and self.cfg.alignment == "xdomain_nn":
             pick_a = torch.full_like(pick_a, self.source.n_views)  # NN pairs are made between plain images
         if self.supervised:
@@ -132,12 +150,24 @@ class Step:
     @torch.no_grad()
     def refresh_nn(self, model: torch.nn.Module, device: torch.device, step: int, *, chunk: int = 1024) -> None:
         """Embed every training row (plain image), then pair each synthetic row with its nearest real row
-        (cosine, in the current head space) and, with ``nn_symmetric``, each real row with its nearest synthetic."""
+        (cosine, in the current head space) and, with ``nn_symmetric``, each real row with its nearest synthetic.
+
+        Each process embeds every ``world``-th row (under autocast on CUDA) and the shares are all-gathered,
+        so every process ends with the same bank and table.
+        """
         from ada_utils.losses import cross_domain_nn_positives
 
-        for part in self.rows.split(chunk):
+        dtype = autocast_dtype(self.cfg, device)
+        mine, out = self.rows[self.rank::self.world], []
+        for part in mine.split(chunk):
             x = self.source.inputs(part, None, step).to(device)
-            self.bank[part] = model(x, self.domain[part].to(device)).float().cpu()
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                out.append(model(x, self.domain[part].to(device)).float())
+        z = torch.cat(out) if out else torch.zeros(0, self.bank.shape[1], device=device)
+        if self.world > 1:  # shares in rank order: rows[0::W], rows[1::W], ...
+            z = all_gather(z)
+            mine = torch.cat([self.rows[r::self.world] for r in range(self.world)])
+        self.bank[mine] = z.cpu()
         real, synth = self.rows[self.domain[self.rows] == 0], self.rows[self.domain[self.rows] == 1]
         self.nn_table[synth] = real[cross_domain_nn_positives(self.bank[synth], self.bank[real])]
         if self.cfg.nn_symmetric:
@@ -149,8 +179,8 @@ class Step:
         from ada_utils import losses
 
         cfg = self.cfg
-        amp = cfg.amp and device.type == "cuda"
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        dtype = autocast_dtype(cfg, device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             z = model(batch["x"].to(device, non_blocking=True), batch["domain"].to(device)).float()
         zs = z.split(batch["sizes"])
         if self.supervised:
@@ -161,17 +191,16 @@ class Step:
         if w[0] > 0:
             terms = []
             if cfg.alignment in ("views", "both"):
-                terms.append(losses.info_nce_loss(za, zs[1], temperature=cfg.tau))
+                terms.append(self._info_nce(za, zs[1]))
             if cfg.alignment in ("xdomain_nn", "both"):  # NNCLR-style: the positive comes from the bank (no grad)
                 partner = self.nn_table[batch["rows"]]
                 keep = (partner >= 0).to(device)
-                terms.append(losses.info_nce_loss(za[keep], self.bank[partner[partner >= 0]].to(device),
-                                                  temperature=cfg.tau))
+                terms.append(self._info_nce(za[keep], self.bank[partner[partner >= 0]].to(device)))
             la = torch.stack(terms).mean()
             parts["loss_align"], total = float(la.detach()), total + w[0] * la
         if w[1] > 0:
             if cfg.gather and self.world > 1:  # global covariance across processes (documented flag)
-                za, dom = all_gather_with_grad(za), all_gather_with_grad(dom)
+                za, dom = all_gather_with_grad(za), all_gather(dom)
             if cfg.infomax == "gaussian":
                 ld = losses.infomax_loss(za, eps=cfg.eps, mode=cfg.cov_kind, form=self.form, domain=dom,
                                          per_domain=cfg.cov_mode == "per_domain")
@@ -180,6 +209,15 @@ class Step:
                                              nonlinearity=cfg.ica_nonlinearity)
             parts["loss_infomax"], total = float(ld.detach()), total + w[1] * ld
         return total, parts
+
+    def _info_nce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of the local rows; under torchrun against the keys of every process (labels offset by rank)."""
+        from ada_utils import losses
+
+        if self.world == 1:
+            return losses.info_nce_loss(q, k, temperature=self.cfg.tau)
+        return losses.gathered_info_nce_loss(q, k, temperature=self.cfg.tau, rank=self.rank,
+                                             gather=partial(all_gather_with_grad, split=True))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
