@@ -39,19 +39,13 @@ def _check(part: dict) -> None:
 
 @pytest.mark.slow
 def test_smoke_run_records_every_part(tiny_root: Path, tmp_path: Path):
-    result = _smoke(tmp_path)
+    """Part 3 makes the notebook's library calls, as on a bare GPU machine without papermill (the papermill run of
+    03 on the rehearsal root is tests/test_paper_path.py's)."""
+    result = _smoke(tmp_path, "--runner", "library")
     assert set(result["parts"]) == PARTS
     for part in result["parts"].values():
         _check(part)
     meta = result["meta"]
     assert meta["smoke"] and meta["torch"] and meta["timm"] and meta["sizes"]["image_size"] == 32
     assert {m["model"] for m in result["parts"]["embed"]["models"]} == {"dino_vits16", "dino_vitb16"}
-    assert result["parts"]["notebook"]["steps"] > 0
-
-
-@pytest.mark.slow
-def test_smoke_notebook_part_through_the_library(tiny_root: Path, tmp_path: Path):
-    """Where papermill is not installed (a bare GPU machine) part 3 makes the notebook's library calls."""
-    part = _smoke(tmp_path, "--parts", "notebook", "--runner", "library")["parts"]["notebook"]
-    _check(part)
-    assert part["runner"] == "library" and part["steps"] > 0
+    assert result["parts"]["notebook"]["steps"] > 0 and result["parts"]["notebook"]["runner"] == "library"

@@ -121,6 +121,15 @@ def _chunks(x: Any, n_rows: int, path: Path) -> np.ndarray:
     return ends - starts
 
 
+def _read_keyed(path: Path, keys: tuple[str, ...], what: str, kind: str, source: str) -> dict:
+    """A torch file holding a dict with at least ``keys``; otherwise an error naming the file and what it holds."""
+    obj = read_torch_file(path, what)
+    if not isinstance(obj, dict) or set(keys) - set(obj):
+        found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: not {kind}: expected the keys {list(keys)} ({source}), found {found}")
+    return obj
+
+
 def read_case_file(path: str | Path) -> CaseFeatures:
     """One test-case file written by ``extract_feat.py --json`` (or :func:`save_case_file`), checked.
 
@@ -128,11 +137,8 @@ def read_case_file(path: str | Path) -> CaseFeatures:
     and ``synth_ids`` becomes ``query_model``. Every query's model must have at least one exemplar.
     """
     path = Path(path)
-    obj = read_torch_file(path, "test-case features written by extract_feat.py --json")
-    if not isinstance(obj, dict) or set(CASE_KEYS) - set(obj):
-        found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: not a test-case feature file: expected the keys {list(CASE_KEYS)} "
-                         f"(extract_feat.py --json), found {found}")
+    obj = _read_keyed(path, CASE_KEYS, "test-case features written by extract_feat.py --json",
+                      "a test-case feature file", "extract_feat.py --json")
     ex = _matrix(obj["exemplar_tensors"], path, "exemplar_tensors")
     counts = _chunks(obj["exemplar_chunks"], len(ex), path)
     prompts = obj["synth_tensors"]
@@ -213,11 +219,8 @@ def load_mapper(path: str | Path, *, dim: int | None = None, features: str | Pat
         dim: the feature dimension D they must map (checked when given); ``features`` names its source.
     """
     path = Path(path)
-    obj = read_torch_file(path, "tuned mapper {'real_mapper': ..., 'synth_mapper': ...}")
-    if not isinstance(obj, dict) or set(MAPPER_KEYS) - set(obj):
-        found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: not an AbC mapper file: expected the keys {list(MAPPER_KEYS)} "
-                         f"(weights/mapper/<model>_tuned.pth), found {found}")
+    obj = _read_keyed(path, MAPPER_KEYS, "tuned mapper {'real_mapper': ..., 'synth_mapper': ...}",
+                      "an AbC mapper file", "weights/mapper/<model>_tuned.pth")
     maps = []
     for key in MAPPER_KEYS:
         sd = obj[key]
