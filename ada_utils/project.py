@@ -1,4 +1,4 @@
-"""Project paths, seeding, devices and the provenance facts every result records.
+"""Project paths, seeding and the provenance facts every result records.
 
 Paths are resolved from the repository root (the folder holding ``pyproject.toml``), so notebooks opened in
 JupyterLab from ``notebooks/``, papermill runs from the root and the CLI all read and write the same folders.
@@ -66,18 +66,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(device="auto"):
-    """The ``torch.device`` to compute on; ``ada_utils.train.distributed.select_device`` decides.
-
-    ``"auto"`` picks ``cuda:$LOCAL_RANK`` (0 outside torchrun) when CUDA is available, else the CPU; ``"cuda"``
-    means ``cuda:$LOCAL_RANK``; other strings (``"cpu"``, ``"cuda:1"``) are passed to ``torch.device``. A CUDA
-    device is made current. Raises ValueError when CUDA is requested but not available.
-    """
-    from ada_utils.train.distributed import select_device
-
-    return select_device(device)
 
 
 def hardware() -> str:

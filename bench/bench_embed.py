@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ada_utils.project import hardware, resolve_device
+from ada_utils.project import hardware
+from ada_utils.train.distributed import select_device
 from ada_utils.encoders import Encoder, load_encoder
 
 DEFAULT_MODELS = ["efficientnet_lite0@128", "efficientnet_lite0", "resnet18", "resnet50", "vit_tiny_patch16_224",
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = select_device(args.device)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         if args.images is not None:

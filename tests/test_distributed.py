@@ -149,7 +149,6 @@ def test_device_follows_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_one_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
     from ada_utils.encoders import load_encoder
-    from ada_utils.project import resolve_device
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -165,7 +164,7 @@ def test_one_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert distributed.rank_and_world() == (1, 3) and not distributed.is_main()
     if not torch.cuda.is_available():
-        assert resolve_device("auto") == torch.device("cpu")
+        assert distributed.select_device("auto") == torch.device("cpu")
         torch.manual_seed(0)
         assert next(load_encoder("efficientnet_lite0", pretrained=False, image_size=32).parameters()).device.type \
             == "cpu"

@@ -98,13 +98,13 @@ def _eval_abc_feats(args: argparse.Namespace) -> int:
     """Official metrics of AbC's released (or AbC-format) features, optionally through a tuned mapper."""
     from ada_utils.eval import evaluate
     from ada_utils.eval.released import load_mapper, load_released_features
-    from ada_utils.project import resolve_device
+    from ada_utils.train.distributed import select_device
 
     bf = load_released_features(args.abc_feats, distractors=args.distractors)
     real_map = synth_map = None
     if args.mapper is not None:
         real_map, synth_map = load_mapper(args.mapper, dim=bf.distractors.shape[1], features=args.abc_feats)
-    cells = evaluate(bf, real_map=real_map, synth_map=synth_map, device=str(resolve_device(args.device)),
+    cells = evaluate(bf, real_map=real_map, synth_map=synth_map, device=str(select_device(args.device)),
                      progress=True)
     _report(args, bf, cells, source="abc-feats", root=args.abc_feats,
             mapper=None if args.mapper is None else args.mapper.name)

@@ -2,8 +2,8 @@
 
 Every other module asks this one: ``train`` and ``ada train`` (:func:`setup`, :func:`on_main`, :func:`barrier`),
 the step's gathered negatives and sharded nearest-neighbour refresh (:func:`all_gather`,
-:func:`all_gather_with_grad`), ``embed_images`` (:func:`rank_and_world`) and ``load_encoder`` /
-``project.resolve_device`` (:func:`select_device`).
+:func:`all_gather_with_grad`), ``embed_images`` (:func:`rank_and_world`), ``load_encoder`` and the CLI's
+``--device`` (:func:`select_device`).
 
 Conventions (``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``):
 
