@@ -140,6 +140,16 @@ def abc_metrics_bruteforce(query_feats: Array, query_model: Array, exemplar_feat
     return _summary(ap, rec)
 
 
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows of ``X`` ``(n, d)`` (or one vector ``(d,)``) scaled to unit L2 norm, as the metric scores them; zero
+    rows stay zero.
+
+    Returns:
+        An array of ``X``'s shape and dtype (norms below ``1e-12`` are treated as ``1e-12``).
+    """
+    return X / np.linalg.norm(X, axis=-1, keepdims=True).clip(1e-12)
+
+
 def rank_gallery(distractor_scores: np.ndarray, exemplar_scores: np.ndarray) -> np.ndarray:
     """The official ranking of one query's gallery, best first (the reference that both metrics agree with).
 

@@ -18,15 +18,7 @@ import numpy as np
 from ada_utils import cca
 from ada_utils.analysis.features import FeatureMap, FeatureSet, Pairs
 from ada_utils.covariance import Reg
-
-
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    """Rows of ``X`` ``(n, d)`` scaled to unit L2 norm (what cosine retrieval sees); zero rows stay zero.
-
-    Returns:
-        ``(n, d)`` array of ``X``'s dtype (norms below ``1e-12`` are treated as ``1e-12``).
-    """
-    return X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
+from ada_utils.retrieval import unit_rows
 
 
 def matched_distance_terms(synth: np.ndarray, real: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:

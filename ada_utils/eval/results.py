@@ -19,7 +19,7 @@ import pandas as pd
 from ada_utils.book.style import METHOD_COLORS
 from ada_utils.encoders.features import BenchmarkFeatures
 from ada_utils.eval.statistics import Comparison
-from ada_utils.retrieval import FeatureMap, rank_gallery
+from ada_utils.retrieval import FeatureMap, rank_gallery, unit_rows
 
 # The only two AbC numbers of the paper we have seen: from a third-party extraction of the paper's table, never
 # checked against the paper itself (the book's results chapter says so). Shown apart, labelled unverified.
@@ -114,8 +114,7 @@ def protocol_top_k(query: np.ndarray, exemplars: np.ndarray, distractors: np.nda
         distractors: (N, D) distractor features.
     """
     def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        return unit_rows(np.asarray(x, dtype=np.float32))
 
     q = unit(query)
     d_scores, e_scores = unit(distractors) @ q, unit(exemplars) @ q
