@@ -18,7 +18,7 @@ the Infomax loss L_D acts on normalised embeddings for the same reason), the sta
 so W* keeps every direction but shrinks those along which positive pairs differ (nuisance) relative to those
 they share (concept): CCA's "align the matched pairs subject to whitened outputs", with the pairs made without
 labels. λ → ∞ gives μ → ∞ and W* → I (pure Infomax = whitening); λ → 0 collapses onto the best-aligned
-direction (pure alignment). The gradient solver (``solver="gradient"``, ``train_step``) keeps L_D and reads L_A
+direction (pure alignment). The gradient solver (``solver="gradient"``, ``ada_utils.train.step``) keeps L_D and reads L_A
 as InfoNCE instead, for heads and encoders that have no closed form.
 """
 

@@ -18,7 +18,7 @@ METHOD_COLORS = {
 
 
 def set_style() -> None:
-    """Apply the book's matplotlib style (explicitly called by ``notebook.setup``; no import side effects)."""
+    """Apply the book's matplotlib style (explicitly called by ``book.notebook.setup``; no import side effects)."""
     mpl.rcParams.update({
         "figure.dpi": 100, "savefig.dpi": 150, "figure.figsize": (7.0, 4.0),
         "axes.prop_cycle": mpl.cycler(color=PALETTE), "axes.spines.top": False, "axes.spines.right": False,

@@ -9,7 +9,7 @@ Sources (Debian packages, scikit-image, scikit-learn and matplotlib; the book's 
   sample images (written once as PNG so that every source is a file).
 
 ``fetch_photos`` runs ``apt-get download`` + ``dpkg-deb -x`` into the repository's ``cache/photos``
-(``config.photos_dir``, shared by the tests and the book; no root, idempotent, a marker file once complete).
+(``project.photos_dir``, shared by the tests and the book; no root, idempotent, a marker file once complete).
 Users without apt give ``--photos DIR`` (any photos) and ``--objects DIR`` (PNG cut-outs with alpha in one
 folder per category).
 """

@@ -17,7 +17,7 @@ supervised     AbC's tuned baseline: a real and a synthetic head, InfoNCE over (
 =============  ==========================================================================================
 
 Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
-reads ``TrainData.pairs`` (``train_data``). Defaults (closed-form solver, per-domain whitening, positive pairs
+reads ``TrainData.pairs`` (:mod:`ada_utils.train.data`). Defaults (closed-form solver, per-domain whitening, positive pairs
 from augmented views of the "gap" family and mutual cross-domain neighbours, λ = 30) were chosen on the
 held-out ``validation_split`` of the *training* models, never on test cells; that choice is close to plain
 whitening, because no smaller λ helped on held-out images (``04_ablations`` shows why). λ's scale depends on

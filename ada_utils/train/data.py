@@ -25,7 +25,7 @@ class TrainData:
     """Cached features of the unlabelled training pool.
 
     Attributes:
-        feats: (N, D) float32 features of the plain images (pool order = ``data.unlabelled_pool``).
+        feats: (N, D) float32 features of the plain images (pool order = ``data.pools.training_pool``).
         domain: (N,) int64, 0 = real, 1 = synthetic.
         views: (V, N, D) float32 features of V augmented views, or None.
         ids: N opaque ids (for the data hash).
@@ -75,7 +75,7 @@ def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str =
 
     The pool comes from :func:`ada_utils.data.pools.training_pool` (content-hash order, opaque ids, real/synthetic flag only), so
     renaming folders or re-pairing images cannot change what the unsupervised methods see. Each image and view
-    is embedded once and cached by ``embed.embed_images`` (key: encoder spec + view recipe).
+    is embedded once and cached by ``ada_utils.encoders.embed_images`` (key: encoder spec + view recipe).
 
     Args:
         encoder: an ``Encoder`` (frozen).
@@ -137,7 +137,7 @@ def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
     (``04_ablations`` measures how much).
 
     Returns:
-        (``evaluate.BenchmarkFeatures`` with one case ``"val"``, ``TrainData`` of the other models' images).
+        (``encoders.BenchmarkFeatures`` with one case ``"val"``, ``TrainData`` of the other models' images).
     """
     from ada_utils.data import json_path, load_test_case
     from ada_utils.encoders.features import BenchmarkFeatures, CaseFeatures

@@ -1,4 +1,4 @@
-"""One training loop for every method (``train_config``) and its controls, resumable to the bit.
+"""One training loop for every method (:mod:`.config`) and its controls, resumable to the bit.
 
 Two data paths share the loop: cached features (CPU book: a frozen encoder, the head trains in seconds)
 and images (GPU: ``finetune`` = last-k blocks or full; ``step.ImageSource``). On CUDA the forward runs under
@@ -16,7 +16,7 @@ state and the nearest-neighbour table are checkpointed, and learning rates come 
 the config, so a run killed and resumed from its last checkpoint (with the same number of processes) ends with
 bit-identical weights on CPU.
 
-Run folder (``run_folder``): ``config.json``, ``log.jsonl``, ``checkpoint.safetensors``, ``head.safetensors``.
+Run folder (:mod:`.run_folder`): ``config.json``, ``log.jsonl``, ``checkpoint.safetensors``, ``head.safetensors``.
 """
 
 from __future__ import annotations
