@@ -87,8 +87,8 @@ def make_head(kind: str, dim: int, *, hidden: int | None = None) -> nn.Module:
 class DomainHeads(nn.Module):
     """One head shared by both domains (``shared=True``, the unsupervised method) or a real and a synthetic head.
 
-    Domain flags follow the training pool (``ada_utils.data.pools``): 0 = real, 1 = synthetic. Each domain has a fixed centring
-    buffer (zeros unless ``set_centers`` is called with training-split means).
+    Domain flags follow the training pool (``ada_utils.data.pools``): 0 = real, 1 = synthetic. Each domain has a
+    fixed centring buffer (zeros unless ``set_centers`` is called with training-split means).
 
     Args:
         kind: ``"linear"`` | ``"mlp"``.
