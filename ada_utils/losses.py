@@ -122,6 +122,7 @@ def gathered_info_nce_loss(
     symmetric: bool = True,
     rank: int = 0,
     gather: Callable[[Tensor], list[Tensor]] | None = None,
+    model: Tensor | None = None,
 ) -> Tensor:
     r"""InfoNCE of this process's rows against the keys of *every* process (MoCo v3's ``contrastive_loss`` [1]).
 
@@ -136,7 +137,7 @@ def gathered_info_nce_loss(
     :func:`info_nce_loss` of the whole global batch, whatever W: adding GPUs does not remove negatives. With
     equal shards :math:`\mathcal{L}_r` is the mean over the local rows. ``symmetric=True`` also scores the local
     keys against all gathered queries. Keys are not detached: the gradient reaches the local rows through
-    ``gather`` (e.g. ``ada_utils.train.distributed.all_gather_with_grad(x, split=True)``).
+    ``gather`` (e.g. ``ada_utils.distributed.all_gather_with_grad(x, split=True)``).
 
     Args:
         q: ``(B_r, D)`` local queries (``B_r`` may be 0 when other processes hold rows).
@@ -146,6 +147,9 @@ def gathered_info_nce_loss(
         rank: this process's index; entry ``rank`` of ``gather``'s list must be its own rows.
         gather: ``x (B_r, D) -> [x_0, ..., x_{W-1}]`` rows of every process in rank order. None: one process
             (then this equals :func:`info_nce_loss`).
+        model: optional ``(B_r,)`` int model ids of the local rows (gathered like the rows): pairs of one model
+            other than the positive are masked out, as in :func:`pair_contrastive_loss`, which this equals in
+            one process with ``q=synth, k=real`` (the supervised baseline under torchrun).
 
     Returns:
         0-dim loss of this process (float32, float64 for float64 inputs).
@@ -162,8 +166,16 @@ def gathered_info_nce_loss(
         raise ValueError(f"{fn}: `gather` returned rows {sizes} (queries) and {[p.shape[0] for p in parts_k]} "
                          f"(keys) for rank {rank} with {q.shape[0]} local rows; it must return every process's "
                          "rows in rank order.")
+    if model is not None and (model.shape != (q.shape[0],) or model.is_floating_point()):
+        raise ValueError(f"{fn}: `model` must be a ({q.shape[0]},) int tensor, got {tuple(model.shape)}.")
     q_all, k_all = torch.cat(parts_q), torch.cat(parts_k)
     n_total, world, offset = q_all.shape[0], len(sizes), sum(sizes[:rank])
+    labels = offset + torch.arange(q.shape[0], device=q.device)
+    mask = None
+    if model is not None:  # (B_r, N): same model, not the positive
+        model_all = model if gather is None else torch.cat(gather(model))
+        mask = model[:, None] == model_all[None, :]
+        mask[torch.arange(q.shape[0], device=q.device), labels] = False
     if n_total == 0:
         raise ValueError(f"{fn}: no rows on any process; raise the batch size.")
     for name, x in (("q", q_all), ("k", k_all)):
@@ -173,10 +185,11 @@ def gathered_info_nce_loss(
     with _no_autocast(q):
         qn, kn = F.normalize(q.to(dtype), dim=1), F.normalize(k.to(dtype), dim=1)
         qa, ka = F.normalize(q_all.to(dtype), dim=1), F.normalize(k_all.to(dtype), dim=1)
-        labels = offset + torch.arange(q.shape[0], device=q.device)
 
         def direction(a: Tensor, b_all: Tensor) -> Tensor:
-            ce = F.cross_entropy(a @ b_all.T / temperature, labels, reduction="sum")
+            logits = a @ b_all.T / temperature
+            logits = logits if mask is None else logits.masked_fill(mask, float("-inf"))
+            ce = F.cross_entropy(logits, labels, reduction="sum")
             return ce * (world / n_total)
 
         loss = direction(qn, ka)

@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ada_utils.project import hardware
-from ada_utils.train.distributed import select_device
+from ada_utils.distributed import select_device
 from ada_utils.encoders import Encoder, load_encoder
 
 DEFAULT_MODELS = ["efficientnet_lite0@128", "efficientnet_lite0", "resnet18", "resnet50", "vit_tiny_patch16_224",

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ada_utils.train import TrainConfig, TrainData, train
-from ada_utils.train import distributed
+from ada_utils import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 300  # seconds per torchrun launch: imports alone take long on a busy 2-core machine
@@ -65,7 +65,7 @@ WORKER = textwrap.dedent('''
                       feats=np.asarray(feats.feats).tolist())
     else:
         from ada_utils.train import TrainConfig, TrainData, train
-        from ada_utils.train import distributed
+        from ada_utils import distributed
         from ada_utils.train.step import Step
 
         arrays = np.load(job["data"])

@@ -381,3 +381,33 @@ def test_gathered_info_nce_mean_over_processes_is_the_global_loss(sizes):
         torch.testing.assert_close(per_rank[1], own)
     with pytest.raises(ValueError, match="every process's rows in rank order"):
         gathered_info_nce_loss(q[:2], k[:2], rank=0, gather=lambda x: [x[:1]])
+
+
+@pytest.mark.parametrize("sizes", [[4, 4], [3, 5]])
+def test_supervised_pairs_under_processes_equal_one_process(sizes):
+    """The supervised baseline under torchrun: with model ids gathered like the rows, the mean of the per-process
+    losses equals pair_contrastive_loss of the whole batch (same-model pairs masked across processes too)."""
+    n = sum(sizes)
+    real = torch.randn(n, 5, generator=_gen(7), dtype=torch.float64, requires_grad=True)
+    synth = torch.randn(n, 5, generator=_gen(8), dtype=torch.float64, requires_grad=True)
+    model = torch.tensor([0, 1, 0, 2, 1, 3, 2, 0])[:n]
+    bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    one = gathered_info_nce_loss(synth, real, temperature=0.1, model=model)
+    torch.testing.assert_close(one, pair_contrastive_loss(real, synth, temperature=0.1, model=model))
+    per_rank = []
+    for rank in range(len(sizes)):
+        part = slice(bounds[rank], bounds[rank + 1])
+        local = (synth[part], real[part], model[part])
+
+        def gather(x, rank=rank, local=local):
+            source = next(w for loc, w in zip(local, (synth, real, model)) if x is loc)
+            return [x if r == rank else source[bounds[r]:bounds[r + 1]] for r in range(len(sizes))]
+
+        per_rank.append(gathered_info_nce_loss(*local[:2], temperature=0.1, rank=rank, gather=gather, model=local[2]))
+    mean = torch.stack(per_rank).mean()
+    ref = pair_contrastive_loss(real, synth, temperature=0.1, model=model)
+    torch.testing.assert_close(mean, ref)
+    for got, want in zip(torch.autograd.grad(mean, (real, synth)), torch.autograd.grad(ref, (real, synth))):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="`model` must be"):
+        gathered_info_nce_loss(synth, real, model=model[:3])

@@ -60,27 +60,39 @@ def _run(notebook: str, params_file: str | None, out: Path, **override) -> None:
                         cwd=str(REPO), kernel_name="python3", progress_bar=False)
 
 
+PAPER_FILES = {"dino": "03_train_dino_vits16.yaml", "mocov3": "03_train_mocov3_vits16.yaml"}
+
+
+@pytest.fixture(scope="module")
+def paper_runs(abc_root: Path, tmp_path_factory) -> dict[str, dict]:
+    """03 with each paper file on the rehearsal root, DINO then MoCo v3; the MoCo v3 run stays in ``ada-seed0``."""
+    runs, out = Path(os.environ["ADA_WORK"]) / "runs" / "03_train" / "ada-seed0", {}
+    for kind, params_file in PAPER_FILES.items():
+        folder = tmp_path_factory.mktemp(kind)
+        _run("03_train", params_file, folder / "03.ipynb", data_root=str(abc_root),
+             weights=str(_official_weights(kind, folder)), overwrite=True, **SMALL)
+        out[kind] = {"metrics": json.loads((runs / "metrics.json").read_text()),
+                     "config": json.loads((runs / "config.json").read_text())["config"],
+                     "encoder": (runs / "encoder.safetensors").is_file()}
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, params_file", [("dino", "03_train_dino_vits16.yaml"),
-                                               ("mocov3", "03_train_mocov3_vits16.yaml")])
-def test_training_chapter_fine_tunes_official_weights_on_an_abc_root(kind, params_file, abc_root, tmp_path):
-    weights = _official_weights(kind, tmp_path)
-    _run("03_train", params_file, tmp_path / "03.ipynb", data_root=str(abc_root), weights=str(weights),
-         overwrite=True, **SMALL)
-    run = Path(os.environ["ADA_WORK"]) / "runs" / "03_train" / "ada-seed0"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["cells"]) == ABC_CELLS and metrics["train_pool"] == "train_json"
-    config = json.loads((run / "config.json").read_text())["config"]
+@pytest.mark.parametrize("kind", PAPER_FILES)
+def test_training_chapter_fine_tunes_official_weights_on_an_abc_root(kind, paper_runs):
+    run = paper_runs[kind]
+    assert set(run["metrics"]["cells"]) == ABC_CELLS and run["metrics"]["train_pool"] == "train_json"
+    config = run["config"]
     assert config["finetune"] == "last_k" and config["backbone"] == f"{kind}_vits16" and config["solver"] == "gradient"
-    assert (run / "encoder.safetensors").is_file()
+    assert run["encoder"]
 
 
 @pytest.mark.slow
-def test_ablations_and_results_group_abc_cells(abc_root, tmp_path):
-    """04 and 05 select object and style cells from the cells table: on AbC's test cases no NaN, no 0/0."""
-    common = {"data_root": str(abc_root), "smoke": True, "image_size": 32}
-    _run("03_train", None, tmp_path / "03.ipynb", overwrite=True, **common)
-    _run("04_ablations", None, tmp_path / "04.ipynb", seeds=[0], n_boot=200, **common)
+def test_ablations_and_results_group_abc_cells(paper_runs, abc_root, tmp_path):
+    """04 and 05 select object and style cells from the cells table: on AbC's test cases no NaN, no 0/0. 05 shows
+    the fine-tuned MoCo v3 run of the paper file, with the encoder that run trained."""
+    _run("04_ablations", None, tmp_path / "04.ipynb", data_root=str(abc_root), smoke=True, image_size=32, seeds=[0],
+         n_boot=200)
     summary = json.loads((Path(os.environ["ADA_WORK"]) / "runs" / "04_ablations" /
                           "summary.json").read_text())
     assert set(summary["chance"]) == ABC_CELLS
@@ -89,3 +101,30 @@ def test_ablations_and_results_group_abc_cells(abc_root, tmp_path):
     _run("05_results", None, tmp_path / "05.ipynb", data_root=str(abc_root), smoke=True)
     findings = (Path(os.environ["ADA_WORK"]) / "runs" / "05_results" / "findings.md").read_text()
     assert "AbC-named rehearsal" in findings and "8 cells" in findings
+
+
+@pytest.mark.slow
+def test_every_other_chapter_reads_an_abc_root(tiny_root, abc_root, tmp_path, monkeypatch):
+    """00, 01, 02 and 06 on AbC-named roots (00 on the Hugging Face layout): counts, claims and attributions come
+    from AbC's four test cases, and every page names the data it ran on. A fresh work folder: 01 and 02 fit their
+    own heads instead of reading another test's run."""
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    hf_root = build_rehearsal(tiny_root, tmp_path / "abc-hf", layout="hf")
+    _run("00_data", None, tmp_path / "00.ipynb", data_root=str(hf_root), smoke=True, scale="tiny")
+    metrics = json.loads((Path(os.environ["ADA_WORK"]) / "runs" / "00_data" / "benchmark-seed0" /
+                          "metrics.json").read_text())
+    assert set(metrics["cells"]) == ABC_CELLS and metrics["data"].startswith("AbC-named rehearsal")
+    assert metrics["train"]["models"] > 0 and metrics["distractors"] > 0
+    common = {"data_root": str(abc_root), "smoke": True, "scale": "tiny", "image_size": 32,
+              "encoders": ["pretrained", "whiten"]}
+    for chapter in ("01_cross_covariance", "02_cca_decomposition"):
+        _run(chapter, None, tmp_path / f"{chapter}.ipynb", **common)
+        text = (tmp_path / f"{chapter}.ipynb").read_text()
+        assert "AbC-named rehearsal" in text and "embedded benchmark `" not in text
+    _run("06_attribute_your_images", None, tmp_path / "06.ipynb", data_root=str(abc_root), smoke=True, scale="tiny",
+         image_size=32)
+    runs = Path(os.environ["ADA_WORK"]) / "runs" / "06_attribute_your_images"
+    attribution = json.loads(next(runs.glob("*/metrics.json")).read_text())
+    assert attribution["data"].startswith("AbC-named rehearsal") and attribution["gallery"]["exemplars"] > 0
+    assert all(r["gallery"].startswith("dataset/exemplar/") or r["gallery"].startswith("dataset/laion_subset/")
+               for r in attribution["rows"])

@@ -44,7 +44,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _end_distributed() -> None:
     """Destroy a ``torch.distributed`` process group that a subcommand started under torchrun."""
-    module = sys.modules.get("ada_utils.train.distributed")  # only that module starts process groups
+    module = sys.modules.get("ada_utils.distributed")  # only that module starts process groups
     if module is not None:
         module.cleanup()
 

@@ -98,7 +98,7 @@ def _eval_abc_feats(args: argparse.Namespace) -> int:
     """Official metrics of AbC's released (or AbC-format) features, optionally through a tuned mapper."""
     from ada_utils.eval import evaluate
     from ada_utils.eval.released import load_mapper, load_released_features
-    from ada_utils.train.distributed import select_device
+    from ada_utils.distributed import select_device
 
     bf = load_released_features(args.abc_feats, distractors=args.distractors)
     real_map = synth_map = None

@@ -62,7 +62,8 @@ def train_command(args: argparse.Namespace) -> int:
     from ada_utils.encoders import load_encoder
     from ada_utils.files import write_json
     from ada_utils.project import runs_dir
-    from ada_utils.train import TrainConfig, distributed, feature_maps, train, training_data
+    from ada_utils import distributed
+    from ada_utils.train import TrainConfig, feature_maps, train, training_data
 
     cfg = TrainConfig.from_dict(vars(args))
     if cfg.device == "cpu":
@@ -119,7 +120,7 @@ def _params_file_defaults(parser: argparse.ArgumentParser):
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of parameter names to values (-f)")
-        known = {a.dest for a in parser._actions}
+        known = set(vars(parser.parse_known_args([])[0])) - {"func", "apply_params_file"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path}: unknown parameter(s) {', '.join(unknown)} for ada train (-f)")

@@ -8,13 +8,15 @@ scored by the ROC AUC of a single threshold, folded to [0.5, 1] (0.5 = no inform
 from __future__ import annotations
 
 from collections.abc import Sequence
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from ada_utils.data.abc import json_path, list_distractors, load_test_case, resolve, test_case_names
+from ada_utils.data.abc import describe_root, json_path, list_distractors, load_test_case, resolve, test_case_names
+from ada_utils.data.plan import TRAIN_JSON
 
 
 def domain_paths(root: str | Path, test_cases: Sequence[str] | None = None) -> tuple[list[Path], list[Path]]:
@@ -72,3 +74,29 @@ def summarise(json_files: list[str], *, root: Path, distractors: int | None = No
                          "exemplars": sum(len(case.models[m].exemplars) for m in used),
                          "queries": len(case.queries[prompt]), "distractors": len(case.distractors)})
     return rows
+
+
+def root_overview(root: str | Path) -> dict:
+    """What a data root holds, from its JSONs and folders (any AbC-layout root; no manifest needed).
+
+    Returns:
+        ``{"data": describe_root(root), "distractors": int, "images": int (test cases, training JSON and
+        distractors), "train": {"models", "exemplars", "queries": {prompt: n}} or None when the root has no
+        training JSON (AbC's repository), "generator": the embedded benchmark's manifest or None}``.
+    """
+    root = Path(root)
+    n_distractors = len(list_distractors(root))
+    images = n_distractors
+    for name in test_case_names(root):
+        case = load_test_case(json_path(root, name), root=root)
+        images += len(case.exemplar_paths) + sum(len(q) for q in case.queries.values())
+    train = None
+    if json_path(root, TRAIN_JSON).is_file():
+        case = load_test_case(json_path(root, TRAIN_JSON), root=root)
+        queries = {p: len(q) for p, q in case.queries.items()}
+        train = {"models": len(case.models), "exemplars": len(case.exemplar_paths), "queries": queries}
+        images += train["exemplars"] + sum(queries.values())
+    manifest = root / "manifest.json"
+    generator = json.loads(manifest.read_text()) if manifest.is_file() else None
+    return {"data": describe_root(root), "distractors": n_distractors, "images": images, "train": train,
+            "generator": generator}

@@ -287,6 +287,6 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
             "std": list(recipe.std), "feature": recipe.feature}
     encoder = Encoder(backbone, name=name, preprocess=preprocess, image_size=image_size, spec=spec,
                       weights_path=path)
-    from ada_utils.train.distributed import select_device  # "auto" / "cuda" under torchrun: cuda:$LOCAL_RANK
+    from ada_utils.distributed import select_device  # "auto" / "cuda" under torchrun: cuda:$LOCAL_RANK
 
     return encoder.to(select_device(device)).eval()

@@ -5,7 +5,7 @@ and ``manifest.json`` (encoder spec and a hash of its parameters, transform key,
 of the image list). The manifest is written last, so its presence means "complete". Work in progress lives in
 ``chunks/NNNNNN.npy`` (one file per ``chunk_size`` images, written atomically) beside ``progress.json``: an
 interrupted run resumes at the first missing chunk. Under ``torchrun`` (``RANK``/``WORLD_SIZE``, read through
-``ada_utils.train.distributed``) every rank embeds chunks ``rank, rank + world_size, ...`` into the same (shared)
+``ada_utils.distributed``) every rank embeds chunks ``rank, rank + world_size, ...`` into the same (shared)
 folder and rank 0 merges them; the ranks meet through files only, so no process group is needed.
 Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits).
 """
@@ -107,7 +107,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     if len(ids) != len(paths):
         raise ValueError(f"ids: {len(ids)} ids for {len(paths)} paths")
     if rank is None or world_size is None:
-        from ada_utils.train.distributed import rank_and_world
+        from ada_utils.distributed import rank_and_world
 
         env_rank, env_world = rank_and_world()
         rank = env_rank if rank is None else rank

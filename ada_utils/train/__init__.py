@@ -1,6 +1,6 @@
 """Training: one configuration (:mod:`.config`), the unlabelled training pool (:mod:`.data`), one step of
 the gradient solver (:mod:`.step`), the loop and its closed-form fits (:mod:`.loop`, :mod:`.fit`), resumable
-run folders (:mod:`.run_folder`) and ``torch.distributed`` (:mod:`.distributed`).
+run folders (:mod:`.run_folder`); processes and devices are :mod:`ada_utils.distributed`'s.
 """
 
 from ada_utils.train.config import CHOICES, METHODS, TrainConfig

@@ -5,7 +5,7 @@ and images (GPU: ``finetune`` = last-k blocks or full; ``step.ImageSource``). On
 autocast (``amp``: bfloat16, or float16 with a gradient scaler). Closed-form methods are fitted by
 ``build_model`` on training rows only.
 
-Under ``torchrun`` (WORLD_SIZE > 1) :mod:`.distributed` starts the process group (NCCL on ``cuda:LOCAL_RANK``,
+Under ``torchrun`` (WORLD_SIZE > 1) :mod:`ada_utils.distributed` starts the process group (NCCL on ``cuda:LOCAL_RANK``,
 gloo on the CPU) and the model is wrapped in DistributedDataParallel; ``batch_size`` is the global batch and
 InfoNCE negatives are gathered from every process, so the logged loss (the mean over processes) is the
 one-process loss of the same global batch. Rank 0 alone writes the run folder; a finished or refused run
@@ -36,7 +36,7 @@ from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
 from ada_utils.train.config import CLOSED_FORM, TrainConfig, lambda_schedule, lr_schedule
 from ada_utils.train.data import TrainData, select_rows
-from ada_utils.train import distributed
+from ada_utils import distributed
 from ada_utils.train.step import FeatureSource, ImageSource, StepBatches, Step, autocast_dtype
 
 

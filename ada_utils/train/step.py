@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ada_utils.train.distributed import all_gather, all_gather_with_grad
+from ada_utils.distributed import all_gather, all_gather_with_grad
 
 if TYPE_CHECKING:
     from ada_utils.train.config import TrainConfig
@@ -185,7 +185,12 @@ class Step:
         zs = z.split(batch["sizes"])
         if self.supervised:
             pair_model = self.pair_model[batch["items"]].to(device)
-            loss = losses.pair_contrastive_loss(zs[0], zs[1], temperature=cfg.tau, model=pair_model)
+            if self.world == 1:
+                loss = losses.pair_contrastive_loss(zs[0], zs[1], temperature=cfg.tau, model=pair_model)
+            else:  # negatives (and the same-model mask) from every process, as for InfoNCE
+                loss = losses.gathered_info_nce_loss(zs[1], zs[0], temperature=cfg.tau, rank=self.rank,
+                                                     gather=partial(all_gather_with_grad, split=True),
+                                                     model=pair_model)
             return loss, {"loss_pairs": float(loss.detach())}
         za, dom, parts, total = zs[0], batch["domain"][: batch["sizes"][0]].to(device), {}, 0.0
         if w[0] > 0:
