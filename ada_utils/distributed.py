@@ -108,7 +108,8 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available; use device='cpu' or 'auto'.")
+        raise ValueError(f"--device {device} (device={str(device)!r}) was requested but CUDA is not available here: "
+                         "use --device cpu or --device auto")
     index = local_rank() if dev.index is None else dev.index  # torchrun: one GPU per process
     count = torch.cuda.device_count()
     if index >= count:

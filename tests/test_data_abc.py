@@ -92,7 +92,7 @@ def test_check_command_reports_counts_and_missing(tmp_path, capsys):
         ("gpt", 6, 29, 240), ("object", 6, 29, 240)]
     load_test_case(json_file, root=tmp_path).models[1].exemplars[0].unlink()
     args = type("Args", (), {"json": [str(json_file)], "root": str(tmp_path), "distractors": None,
-                             "json_output": True})()
+                             "json_output": True, "decode": False})()
     assert _check(args) == 1
     assert "103946_0" in capsys.readouterr().err
 

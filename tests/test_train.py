@@ -114,7 +114,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path, method: str, ex
 def test_finished_runs_are_not_overwritten(tmp_path: Path) -> None:
     data, cfg = _data(), _cfg(method="disentangle", epochs=1)
     first = train(cfg, data, tmp_path / "r", progress=False)
-    with pytest.raises(FileExistsError, match="finished run; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"finished run: pass --overwrite \(overwrite=True\)"):
         train(cfg, data, tmp_path / "r", progress=False)
     again = train(cfg, data, tmp_path / "r", resume=True, progress=False)  # reuses the finished run
     assert again.steps == 0 and torch.equal(again.model.real.weight, first.model.real.weight)

@@ -4,9 +4,11 @@ Each area registers its own subcommands from ``ada_utils/cli/<area>.py`` (``regi
 subcommand sets ``func(args) -> int``. Heavy imports (torch, timm) happen inside the subcommands, so
 ``ada --help`` stays fast.
 
-Errors: a user error (a missing file, a bad parameter, a refused run folder, a diverged run, absent photo
-sources) prints one line and exits with 2; anything else, CUDA and NCCL failures included, keeps its
-traceback, because its message alone rarely says where it came from.
+Errors: a user error (a missing file, a bad parameter, a refused run folder, a diverged run, an image that does
+not decode, absent photo sources) prints one line and exits with 2; Ctrl-C prints "interrupted; re-run the same
+command to resume" (``ada train``: with ``--resume``) and exits with 130 (what was computed stays: caches and checkpoints are written atomically);
+anything else, CUDA and NCCL failures included, keeps its traceback, because its message alone rarely says where
+it came from.
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors a user fixes from the message alone; RuntimeError is not one of them (CUDA, NCCL and torch's own
 # failures are RuntimeErrors), except the project's subclasses named in ``_user_errors``.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError)
-USER_RUNTIME_ERRORS = (("ada_utils.train.loop", "TrainingDivergedError"), ("ada_utils.data.photos", "PhotoSourceError"))
+USER_RUNTIME_ERRORS = (("ada_utils.train.loop", "TrainingDivergedError"), ("ada_utils.data.photos", "PhotoSourceError"),
+                       ("ada_utils.data.images", "ImageDecodeError"))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """``USER_ERRORS`` and the project's user-facing RuntimeError subclasses (of modules already imported)."""
     extra = [getattr(sys.modules.get(module), name, None) for module, name in USER_RUNTIME_ERRORS]
     return USER_ERRORS + tuple(cls for cls in extra if isinstance(cls, type))
+
+
+def _one_line(err: BaseException) -> str:
+    """The user's message; an error re-raised from a DataLoader worker carries the worker's traceback: keep its
+    last line, which is the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 def _end_distributed() -> None:
@@ -59,10 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             args.apply_params_file(args.params_file)
             args = parser.parse_args(argv)
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        hint = "re-run it with --resume to continue from the last checkpoint" if args.command == "train" else \
+            "re-run the same command to resume"
+        print(f"\nada {args.command}: interrupted; {hint}", file=sys.stderr)
+        return 130
     except Exception as err:
         if not isinstance(err, _user_errors()):
             raise  # a bug or a CUDA / NCCL failure: keep the traceback
-        print(f"ada {args.command}: error: {err}", file=sys.stderr)
+        print(f"ada {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     finally:
         _end_distributed()

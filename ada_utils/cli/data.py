@@ -39,21 +39,48 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ada_utils.data.abc import MissingFilesError
+    from ada_utils.data.abc import MissingFilesError, UnsafePathError
     from ada_utils.data.checks import summarise
 
     try:
         rows = summarise(args.json, root=Path(args.root), distractors=args.distractors)
-    except MissingFilesError as err:
+    except (MissingFilesError, UnsafePathError) as err:
         print(err, file=sys.stderr)
         return 1
     if args.json_output:
         print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'test case':<28}{'prompt':<10}{'models':>8}{'exemplars':>11}{'queries':>9}")
-    for r in rows:
-        print(f"{r['test_case']:<28}{r['prompt_type']:<10}{r['models']:>8}{r['exemplars']:>11}{r['queries']:>9}")
-    return 0
+    else:
+        print(f"{'test case':<28}{'prompt':<10}{'models':>8}{'exemplars':>11}{'queries':>9}")
+        for r in rows:
+            print(f"{r['test_case']:<28}{r['prompt_type']:<10}{r['models']:>8}{r['exemplars']:>11}{r['queries']:>9}")
+    return _decode_all(args) if args.decode else 0
+
+
+def _decode_all(args: argparse.Namespace) -> int:
+    """``--decode``: decode every listed image (and the first --distractors distractors); report every failure."""
+    from ada_utils.data.abc import MAX_LISTED, list_distractors, load_test_case, resolve
+    from ada_utils.data.checks import undecodable
+
+    root, groups = Path(args.root), {}
+    for name in args.json:
+        path = Path(name) if Path(name).is_file() else resolve(name, root)
+        case = load_test_case(path, root=root)
+        groups[str(path)] = case.exemplar_paths + [p for q in case.queries.values() for p in q]
+    if args.distractors:
+        groups["distractors"] = list_distractors(root, n=args.distractors)
+    failed = 0
+    for source, paths in groups.items():
+        bad = undecodable(paths, workers=args.workers)
+        failed += len(bad)
+        if bad:
+            shown = "\n  ".join(f"{p}: {why}" for p, why in bad[:MAX_LISTED])
+            more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+            print(f"{source}: {len(bad)} of {len(paths)} image(s) do not decode (first {min(len(bad), MAX_LISTED)} "
+                  f"shown; re-download or replace them):\n  {shown}{more}",
+                  file=sys.stderr)
+    total = sum(len(p) for p in groups.values())
+    print(f"decoded {total - failed} of {total} images" + (f"; {failed} failed" if failed else ", all good"))
+    return 1 if failed else 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -90,6 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("json", nargs="+", help="benchmark JSON files (paths, or relative to --root)")
     check.add_argument("--distractors", type=int, default=None, help="also check the first N distractors")
     check.add_argument("--json", dest="json_output", action="store_true", help="machine-readable output")
+    check.add_argument("--decode", action="store_true",
+                       help="decode every listed image (and the --distractors ones) and report every one that fails")
+    check.add_argument("--workers", type=int, default=2, help="processes for --decode (default 2)")
     check.set_defaults(func=_check)
 
     fetch = sub.add_parser("fetch-photos", help="apt-get download + dpkg-deb -x the photo packages (no root)")

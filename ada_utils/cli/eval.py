@@ -24,6 +24,8 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="encoder name (offline default efficientnet_lite0)")
     p.add_argument("--weights", default=None, help="local weights file (default: packaged / cached weights)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let --weights hold pickled Python objects (DINO full checkpoints): only for trusted files")
     p.add_argument("--image-size", type=int, default=None, help="crop size in pixels (CPU book: 128; GPU: 224)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (ada eval --abc-feats: where the metric runs)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -33,7 +35,8 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
 def _load_encoder(args: argparse.Namespace):
     from ada_utils.encoders import load_encoder
 
-    return load_encoder(args.backbone, args.weights, args.device, image_size=args.image_size)
+    return load_encoder(args.backbone, args.weights, args.device, image_size=args.image_size,
+                        trust_pickle=args.trust_pickle)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-pool", default="auto", choices=POOL_SOURCES,
                    help="unlabelled training images: the training JSON (auto prefers it), --train-*-dirs folders, "
                    "or the test cells' synthetic images without labels (transductive, labelled so in every output)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let --weights hold pickled Python objects (DINO full checkpoints): only for trusted files")
     p.add_argument("--train-real-dirs", nargs="*", default=[], help="folders of real training images (folders pool)")
     p.add_argument("--train-synth-dirs", nargs="*", default=[],
                    help="folders of synthetic images from your own customised models (folders pool)")
@@ -78,7 +80,10 @@ def train_command(args: argparse.Namespace) -> int:
             root = ensure_benchmark(scale=args.scale, seed=0)
     out = Path(args.out) if args.out else runs_dir() / "03_train" / f"{cfg.method}-seed{cfg.seed}"
     # The run's device for every forward pass, frozen encoder included (features are embedded once and cached).
-    encoder = load_encoder(cfg.backbone, cfg.weights or None, device=ctx.device, image_size=cfg.image_size)
+    if args.resume and not (out / "config.json").is_file():
+        raise ValueError(f"--resume: {out} holds no run to resume; drop --resume to start one, or name it with --out")
+    encoder = load_encoder(cfg.backbone, cfg.weights or None, device=ctx.device, image_size=cfg.image_size,
+                           trust_pickle=args.trust_pickle)
     data = training_data(encoder, root, n_views=cfg.n_views, augment=cfg.augment,
                          with_pairs=cfg.method == "supervised", pool=args.train_pool, real_dirs=args.train_real_dirs,
                          synth_dirs=args.train_synth_dirs, progress=ctx.is_main)

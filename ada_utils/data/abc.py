@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -83,13 +84,38 @@ class TestCase:
         return np.repeat(np.arange(len(self.models)), [len(m.exemplars) for m in self.models]).astype(np.int64)
 
 
+class UnsafePathError(ValueError):
+    """Paths in a benchmark JSON that are absolute or leave the data root; ``.bad`` holds (entry, path) pairs."""
+
+    def __init__(self, source: str | Path, bad: list[tuple[int, str]]):
+        self.source, self.bad = str(source), bad
+        shown = "\n  ".join(f"entry {i}: {p!r}" for i, p in bad[:MAX_LISTED])
+        more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        super().__init__(f"{source}: {len(bad)} path(s) are absolute or leave the data root after normalisation "
+                         f"(a benchmark JSON may name files under its root only; fix or re-download the JSON):"
+                         f"\n  {shown}{more}")
+
+
+def escapes_root(rel: str) -> bool:
+    """True when a JSON path is absolute or leaves the root once ``.`` and ``..`` are resolved."""
+    norm = posixpath.normpath(rel.replace("\\", "/"))
+    return posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or (rel[:1].isalpha() and rel[1:2] == ":")
+
+
 def detect_layout(root: str | Path) -> Literal["repo", "hf"]:
     """``"repo"`` when ``<root>/dataset`` exists (original repository), else ``"hf"`` (mirror layout)."""
     return "repo" if (Path(root) / "dataset").is_dir() else "hf"
 
 
 def resolve(rel: str, root: str | Path, *, layout: Layout = "auto") -> Path:
-    """Map a JSON path (``dataset/...``) to a file under ``root``; only a leading ``dataset/`` is replaced."""
+    """Map a JSON path (``dataset/...``) to a file under ``root``; only a leading ``dataset/`` is replaced.
+
+    Raises:
+        UnsafePathError: ``rel`` is absolute or leaves ``root`` (benchmark JSONs come from downloads: they must
+            not make the tool read arbitrary files).
+    """
+    if escapes_root(rel):
+        raise UnsafePathError(root, [(-1, rel)])
     layout = detect_layout(root) if layout == "auto" else layout
     if layout == "hf" and rel.startswith(PREFIX):
         rel = rel[len(PREFIX):]
@@ -127,13 +153,26 @@ def read_entries(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: benchmark JSON not found")
-    entries = json.loads(path.read_text())
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise ValueError(f"{path}: the benchmark JSON is empty (interrupted download?)")
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno} ({err.msg})") from None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty JSON list of model entries")
+    bad: list[tuple[int, str]] = []
     for i, entry in enumerate(entries):
         keys = {"exemplar", "synth", "class_id"}
         if not isinstance(entry, dict) or not keys <= set(entry) or not isinstance(entry["synth"], dict):
             raise ValueError(f"{path}: entry {i} lacks the AbC keys {sorted(keys)} (synth must be a dict)")
+        files = [entry["exemplar"], *entry["synth"].values()]
+        if not all(isinstance(f, list) and all(isinstance(p, str) for p in f) for f in files):
+            raise ValueError(f"{path}: entry {i}: exemplar and every synth value must be lists of path strings")
+        bad += [(i, p) for f in files for p in f if escapes_root(p)]
+    if bad:
+        raise UnsafePathError(path, bad)
     return entries
 
 

@@ -100,3 +100,40 @@ def root_overview(root: str | Path) -> dict:
     generator = json.loads(manifest.read_text()) if manifest.is_file() else None
     return {"data": describe_root(root), "distractors": n_distractors, "images": images, "train": train,
             "generator": generator}
+
+
+def _decode_failure(path: str) -> str | None:
+    """None when the image at ``path`` decodes fully; else the reason (a decompression bomb is a failure)."""
+    import warnings
+
+    from ada_utils.data.images import ImageDecodeError, load_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            load_image(path)
+        except ImageDecodeError as err:
+            cause = err.__cause__ or err
+            return f"{type(cause).__name__}: {cause}"
+        except Image.DecompressionBombWarning as err:
+            return f"DecompressionBombWarning: {err}"
+    return None
+
+
+def undecodable(paths: Sequence[Path], *, workers: int = 1, progress: bool = True) -> list[tuple[Path, str]]:
+    """Every file of ``paths`` that does not decode, with the reason (truncated, empty, not an image, too large).
+
+    Decodes each image fully, in ``workers`` processes (1: in this process), with a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    names = [str(p) for p in paths]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            reasons = list(tqdm(pool.map(_decode_failure, names, chunksize=32), total=len(names), desc="decoding",
+                                unit="img", disable=not progress))
+    else:
+        reasons = [_decode_failure(n) for n in tqdm(names, desc="decoding", unit="img", disable=not progress)]
+    return [(Path(n), r) for n, r in zip(names, reasons) if r is not None]

@@ -167,7 +167,7 @@ class Encoder(nn.Module):
 def _missing_weights_message(name: str, recipe: Recipe) -> str:
     file = recipe.official_file
     extra = {"dino": f" (the full training checkpoint {file.replace('.pth', '_full_checkpoint.pth')} works too, "
-                     "with trust_pickle=True)",
+                     "with --trust-pickle)",
              "mocov3": " (the pre-training checkpoint, not the linear-classification one)"}.get(recipe.family, "")
     return (f"encoder {name!r} needs its official weights file {file}{extra}, which is never downloaded "
             f"automatically. Download {recipe.official_url} on a machine with internet, then pass it: "

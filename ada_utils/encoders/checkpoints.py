@@ -77,12 +77,13 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        if trust_pickle:
-            raise CheckpointError(f"cannot unpickle {path} (corrupt file?): {err}") from err
+        if trust_pickle or "Unsupported global" not in str(err):  # random bytes, a plain pickle, a corrupt file
+            raise CheckpointError(f"cannot read {path}: not a torch checkpoint (a corrupt or truncated download, or "
+                                  f"another kind of file); re-download it ({str(err).splitlines()[0][:80]})") from err
         raise CheckpointError(
             f"{path} stores Python objects besides tensors (DINO full checkpoints pickle an argparse.Namespace "
             f"'args'), so torch.load(weights_only=True) refuses it: unpickling can run arbitrary code. If you "
-            f"trust the file, pass trust_pickle=True (CLI: --trust-pickle); or use the backbone-only file "
+            f"trust the file, pass --trust-pickle (trust_pickle=True in Python); or use the backbone-only file "
             f"(e.g. dino_deitsmall16_pretrain.pth). Refused because: {str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:

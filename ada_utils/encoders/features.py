@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from ada_utils.data import json_path, list_distractors, load_test_case, test_case_names
+from ada_utils.data.abc import IMAGE_SUFFIXES
 from ada_utils.encoders.embed import embed_images
 
 
@@ -65,7 +66,13 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
     kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     feats = embed_images(encoder, images, ids=[_rel(p, root) for p in images], **kw)
     row = {p: i for i, p in enumerate(images)}
+    if distractors is not None and distractors < 1:
+        raise ValueError(f"--distractors {distractors} (distractors={distractors}): the official metric ranks each "
+                         "query among at least one distractor; pass a positive number, or leave it out for all")
     dist_paths = list_distractors(root, n=distractors)
+    if not dist_paths:
+        raise ValueError(f"{root}: the distractor folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                         "finish the download of laion_subset")
     dist = embed_images(encoder, dist_paths, ids=[_rel(p, root) for p in dist_paths], **kw)
 
     def take(paths: list[Path]) -> np.ndarray:

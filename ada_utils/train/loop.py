@@ -175,7 +175,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     Raises:
         FileExistsError: ``out_dir`` holds a run and neither resume nor overwrite was given.
         ValueError: resuming with other parameters or data (the message names them).
-        TrainingDivergedError: the loss or weights became NaN/inf (the last good checkpoint stays).
+        TrainingDivergedError: the loss became NaN/inf or stopped moving, or the weights exploded; the run folder
+            is marked failed (the last good checkpoint stays).
     """
     from tqdm.auto import tqdm
 
@@ -218,7 +219,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         start = load_checkpoint(ckpt, model, opt, stepper, scaler)
     log = [r for r in read_log(out_dir) if r["step"] < start]
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
-    net = model
+    net, start_peak = model, _peak(model)
     if world > 1 and opt is not None:
         # Buffers (input centres, frozen BatchNorm statistics) never change during training: no broadcast per step.
         net = torch.nn.parallel.DistributedDataParallel(
@@ -246,8 +247,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             values = distributed.all_reduce_mean(torch.tensor([float(loss.detach()), *parts.values()],
                                                               dtype=torch.float64, device=device)).tolist()
             value, parts = values[0], dict(zip(parts, values[1:]))
-            if not math.isfinite(value):
-                raise TrainingDivergedError(_diverged(cfg, step, value, out_dir))
+            if not math.isfinite(value) or _stuck(log, value, step - start):
+                raise _failed(cfg, step, value, out_dir, header, writer)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -255,8 +256,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
-            if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
-                raise TrainingDivergedError(_diverged(cfg, step, value, out_dir))
+            if _exploded(model, start_peak):
+                raise _failed(cfg, step, value, out_dir, header, writer)
             rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(lrs[step]), "loss": value,
                    **parts}
             log.append(rec)
@@ -286,10 +287,45 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     return TrainResult(out_dir, heads.cpu().eval(), log, seconds, total)
 
 
-def _diverged(cfg: TrainConfig, step: int, loss: float, out_dir: Path) -> str:
-    return (f"training diverged at step {step}: loss={loss} or the weights became NaN/inf (method={cfg.method!r}, "
-            f"lr={cfg.lr}, lam={cfg.lam}, eps={cfg.eps}). The last good checkpoint is kept in "
-            f"{out_dir / 'checkpoint.safetensors'}; lower lr, raise eps or grad_clip, then run again.")
+# Trainable weights this many times larger than at the start of the session mean the optimiser has run away
+# (a sane lr moves a weight by about lr per step).
+GROWTH = 1e4
+# A loss identical to the first one for this many steps means training is dead (saturated outputs: too high an lr).
+STUCK_STEPS = 20
+
+
+def _peak(model: torch.nn.Module) -> float:
+    """Largest magnitude of a trainable weight (NaN when one is NaN); one device sync."""
+    peaks = [p.detach().abs().amax() for p in model.parameters() if p.requires_grad and p.numel()]
+    return float(torch.stack(peaks).max()) if peaks else 0.0
+
+
+def _exploded(model: torch.nn.Module, start_peak: float) -> bool:
+    """True when a trainable weight is NaN/inf or ``GROWTH`` times the largest one at the start."""
+    peak = _peak(model)
+    return not math.isfinite(peak) or peak > GROWTH * max(start_peak, 1e-3)
+
+
+def _stuck(log: list[dict], value: float, done: int) -> bool:
+    """True when the loss has not moved at all over the last ``STUCK_STEPS`` steps of this session."""
+    if done < STUCK_STEPS or value == 0.0:
+        return False
+    return all(r["loss"] == value for r in log[-STUCK_STEPS:])
+
+
+def _failed(cfg: TrainConfig, step: int, loss: float, out_dir: Path, header: dict, writer) -> TrainingDivergedError:
+    """The divergence error; rank 0 marks the run folder failed, so that no later run takes it for finished."""
+    message = (f"training diverged at step {step}: loss={loss} (NaN/inf, unchanged for {STUCK_STEPS} steps, or weights "
+               f"grown {GROWTH:g}-fold) with lr={cfg.lr} (method={cfg.method!r}, lam={cfg.lam}, eps={cfg.eps}): lower "
+               "--lr (or raise eps / grad_clip) and run again with --overwrite")
+    ckpt = out_dir / "checkpoint.safetensors"
+    message += f"; the last good checkpoint is kept in {ckpt}" if ckpt.is_file() else ""
+    if writer is not None:
+        from ada_utils.files import write_json
+
+        write_json(out_dir / "config.json", {**header, "status": "failed", "error": f"diverged at step {step}, "
+                                             f"lr={cfg.lr}"})
+    return TrainingDivergedError(message)
 
 
 # ----------------------------------------------------------------------------- using a trained head

@@ -47,10 +47,14 @@ def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -
                      "encoder.json"):
             (out_dir / name).unlink(missing_ok=True)
         return False
+    if old.get("status") == "failed" and not resume:
+        raise FileExistsError(f"{out_dir} holds a failed run ({old.get('error', 'no reason recorded')}): pass "
+                              "--overwrite (overwrite=True) to start again with other settings (a lower lr), or --resume "
+                              "(resume=True) to continue from its last good checkpoint")
     if not resume:
         state = "a finished" if old.get("status") == "finished" else "an unfinished"
-        raise FileExistsError(f"{out_dir} already holds {state} run; pass overwrite=True to retrain it from "
-                              "scratch, resume=True to continue it, or choose another folder")
+        raise FileExistsError(f"{out_dir} already holds {state} run: pass --overwrite (overwrite=True) to retrain it "
+                              "from scratch, --resume (resume=True) to continue it, or choose another --out")
     diff = sorted(k for k, v in header["config"].items()
                   if k not in RESUME_FREE and old.get("config", {}).get(k) != v)
     if diff:

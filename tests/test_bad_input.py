@@ -1,0 +1,172 @@
+"""Bad input and interruptions, where the user meets them: one clear line naming the file or the flag, exit 2 for a
+user error, 130 for Ctrl-C, paths confined to the data root, nothing half-written taken for done."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ada_utils.cli import main
+from ada_utils.data.abc import UnsafePathError, escapes_root, load_test_case, read_entries
+from ada_utils.encoders.checkpoints import CheckpointError, read_checkpoint
+from ada_utils.train import TrainData, TrainingDivergedError, TrainConfig, train
+
+
+def _image(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _root(tmp_path: Path, exemplar: list[str], synth: list[str]) -> Path:
+    """A one-model AbC-layout root whose JSON names ``exemplar`` and ``synth`` paths (made when inside the root)."""
+    root = tmp_path / "root"
+    for i, rel in enumerate(exemplar + synth):
+        if not escapes_root(rel):
+            _image(root / rel, seed=i)
+    _image(root / "dataset" / "laion_subset" / "000000.png", seed=99)
+    entry = {"exemplar": exemplar, "synth": {"gpt": synth}, "class_id": "m0", "category": None}
+    (root / "dataset" / "json").mkdir(parents=True, exist_ok=True)
+    (root / "dataset" / "json" / "test_case.json").write_text(json.dumps([entry]))
+    return root
+
+
+def _ada(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- paths confined to the root
+@pytest.mark.parametrize("rel", ["../outside.png", "dataset/../../outside.png", "/etc/passwd", "C:/x.png"])
+def test_json_paths_may_not_leave_the_root(rel, tmp_path, capsys):
+    _image(tmp_path / "outside.png")
+    root = _root(tmp_path, ["dataset/exemplar/a.png"], ["dataset/synth/s.png", rel])
+    json_file = root / "dataset" / "json" / "test_case.json"
+    with pytest.raises(UnsafePathError, match=r"(?s)test_case.json: 1 path\(s\).*entry 0: " + re.escape(repr(rel))):
+        load_test_case(json_file, root=root)
+    code, err = _ada(capsys, "data", "check", "--data-root", str(root), "dataset/json/test_case.json")
+    assert code == 1 and "leave the data root" in err and rel in err and "test_case.json" in err
+
+
+def test_inner_dot_dot_that_stays_inside_is_allowed(tmp_path):
+    root = _root(tmp_path, ["dataset/exemplar/a.png"], ["dataset/synth/x/../s.png"])
+    _image(root / "dataset" / "synth" / "s.png")
+    assert load_test_case(root / "dataset" / "json" / "test_case.json", root=root).queries["gpt"]
+
+
+@pytest.mark.parametrize("text, message", [("", "is empty"), ('[{"exemplar": [}', "not valid JSON at line 1"),
+                                           ('{"a": 1}', "non-empty JSON list")])
+def test_broken_jsons_name_the_file(text, message, tmp_path, capsys):
+    path = tmp_path / "dataset" / "json" / "test_case.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_entries(path)
+    code, err = _ada(capsys, "data", "check", "--data-root", str(tmp_path), "dataset/json/test_case.json")
+    assert code == 2 and str(path) in err and message.split(" at")[0] in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- data check --decode
+def test_decode_reports_every_bad_image_at_once(tmp_path, capsys, monkeypatch):
+    names = [f"dataset/synth/s{i}.png" for i in range(5)]
+    root = _root(tmp_path, ["dataset/exemplar/a.png"], names)
+    good = (root / names[0]).read_bytes()
+    (root / names[1]).write_bytes(good[: len(good) // 2])  # truncated
+    (root / names[2]).write_bytes(b"")  # zero bytes
+    (root / names[3]).write_text("not an image")  # not an image
+    Image.new("L", (64, 64)).save(root / names[4])  # a decompression bomb under a lowered limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    code, _ = _ada(capsys, "data", "check", "--data-root", str(root), "dataset/json/test_case.json")
+    assert code == 0  # the files exist: without --decode nothing is opened
+    code, err = _ada(capsys, "data", "check", "--data-root", str(root), "dataset/json/test_case.json", "--decode",
+                     "--workers", "1")
+    assert code == 1 and "4 of 6 image(s) do not decode" in err
+    assert all(f"/{n.split('/')[-1]}:" in err for n in names[1:]) and "/s0.png:" not in err
+    assert "DecompressionBomb" in err and "truncated" in err
+
+
+# ----------------------------------------------------------------------------- weight files
+def test_weight_files_say_what_is_wrong(tmp_path, capsys):
+    (tmp_path / "random.pth").write_bytes(os.urandom(4096))
+    (tmp_path / "string.pth").write_bytes(pickle.dumps("hello"))
+    torch.save({"args": argparse.Namespace(arch="vit_small"), "teacher": {"w": torch.zeros(2)}}, tmp_path / "full.pth")
+    for name in ("random", "string"):
+        with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+            read_checkpoint(tmp_path / f"{name}.pth")
+    with pytest.raises(CheckpointError, match="Python objects besides tensors.*--trust-pickle"):
+        read_checkpoint(tmp_path / "full.pth")
+    assert read_checkpoint(tmp_path / "full.pth", trust_pickle=True)["args"].arch == "vit_small"
+    for command in (["embed", str(tmp_path)], ["train"], ["attribute", "--gallery", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        assert "--trust-pickle" in capsys.readouterr().out
+    code, err = _ada(capsys, "embed", str(tmp_path), "--backbone", "dino_vits16", "--weights", str(tmp_path / "random.pth"))
+    assert code == 2 and "not a torch checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- training that runs away
+def _pool(n: int = 64, d: int = 8) -> TrainData:
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(n, d)).astype(np.float32)
+    return TrainData(feats, (np.arange(n) % 2).astype(np.int64), None, [f"i{i}" for i in range(n)], None, None)
+
+
+@pytest.mark.parametrize("lr", [1e6, 1e30])
+def test_divergence_names_lr_and_marks_the_run_failed(lr, tmp_path):
+    cfg = TrainConfig(method="disentangle", solver="gradient", lr=lr, epochs=40, batch_size=32, checkpoint_every=5)
+    with pytest.raises(TrainingDivergedError, match=re.escape(f"lr={lr}") + ".*lower --lr"):
+        train(cfg, _pool(), tmp_path / "r", progress=False)
+    header = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert header["status"] == "failed" and not (tmp_path / "r" / "head.safetensors").exists()
+    with pytest.raises(FileExistsError, match=r"failed run \(diverged at step \d+, lr=.*--overwrite.*--resume"):
+        train(cfg, _pool(), tmp_path / "r", progress=False)
+    done = train(TrainConfig(method="disentangle", solver="gradient", lr=1e-3, epochs=1, batch_size=32), _pool(),
+                 tmp_path / "r", overwrite=True, progress=False)
+    assert done.steps > 0 and json.loads((tmp_path / "r" / "config.json").read_text())["status"] == "finished"
+
+
+# ----------------------------------------------------------------------------- the CLI's conventions
+def test_run_folder_errors_name_the_flags(tiny_root, tmp_path, capsys):
+    common = ["train", "--scale", "tiny", "--method", "whiten", "--no-evaluate", "--image-size", "32"]
+    code, err = _ada(capsys, *common, "--out", str(tmp_path / "none"), "--resume")
+    assert code == 2 and "--resume" in err and "holds no run to resume" in err
+    assert not (tmp_path / "none").exists()
+    assert _ada(capsys, *common, "--out", str(tmp_path / "r"))[0] == 0
+    code, err = _ada(capsys, *common, "--out", str(tmp_path / "r"))
+    assert code == 2 and "--overwrite" in err and "--resume" in err and "overwrite=True" in err
+    code, err = _ada(capsys, *common, "--out", str(tmp_path / "r2"), "--device", "cuda")
+    if not torch.cuda.is_available():
+        assert code == 2 and "--device cuda" in err and "--device cpu" in err
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    import ada_utils.cli.data as cli_data
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_data, "_fetch", interrupted)
+    code, err = _ada(capsys, "data", "fetch-photos")
+    assert code == 130 and "interrupted; re-run the same command to resume" in err and "Traceback" not in err
+
+
+def test_bad_image_and_zero_distractors_in_eval(tiny_root, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    code, err = _ada(capsys, "eval", "--data-root", str(root), "--distractors", "0", "--image-size", "32")
+    assert code == 2 and "--distractors 0" in err
+    first = load_test_case(root / "dataset" / "json" / "test_objects_seen.json", root=root).exemplar_paths[0]
+    first.write_bytes(first.read_bytes()[:200])
+    code, err = _ada(capsys, "eval", "--data-root", str(root), "--distractors", "5", "--image-size", "32")
+    assert code == 2 and str(first) in err and "cannot decode" in err and "Traceback" not in err
