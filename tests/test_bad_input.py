@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 import shutil
@@ -98,7 +97,11 @@ def test_decode_reports_every_bad_image_at_once(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- weight files
 def test_weight_files_say_what_is_wrong(tmp_path, capsys):
-    (tmp_path / "random.pth").write_bytes(os.urandom(4096))
+    for seed in range(20):  # garbage makes the unpickler fail in many ways: every one must read the same
+        (tmp_path / f"random{seed}.pth").write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+            read_checkpoint(tmp_path / f"random{seed}.pth")
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp_path / "string.pth").write_bytes(pickle.dumps("hello"))
     torch.save({"args": argparse.Namespace(arch="vit_small"), "teacher": {"w": torch.zeros(2)}}, tmp_path / "full.pth")
     for name in ("random", "string"):

@@ -7,6 +7,7 @@ hanging it. GPU code paths (NCCL, ``cuda:LOCAL_RANK``, autocast) are checked her
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -342,7 +343,8 @@ def _tiny_abc(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def test_fine_tuning_run_resumes_bit_identically(tmp_path: Path, one_thread) -> None:
+def _fine_tuning(tmp_path: Path):
+    """A fresh-process encoder factory, the unlabelled pool of a tiny AbC root and a last-block fine-tuning config."""
     from ada_utils.encoders import load_encoder
     from ada_utils.train import training_data
 
@@ -356,6 +358,11 @@ def test_fine_tuning_run_resumes_bit_identically(tmp_path: Path, one_thread) -> 
                       k_blocks=1, batch_size=6, epochs=2, image_size=32, form="coding_rate", eps=0.5, lam=0.5,
                       init="identity", heads="shared", cov_mode="pooled", checkpoint_every=2, nn_refresh=3,
                       lr=1e-2)
+    return encoder, data, cfg
+
+
+def test_fine_tuning_run_resumes_bit_identically(tmp_path: Path, one_thread) -> None:
+    encoder, data, cfg = _fine_tuning(tmp_path)
     full = train(cfg, data, tmp_path / "full", encoder=encoder(), progress=False)
     assert full.steps == 4
     # Stopped before step 3: resumes from the checkpoint of step 2 with the neighbour bank of step 0.
@@ -366,3 +373,12 @@ def test_fine_tuning_run_resumes_bit_identically(tmp_path: Path, one_thread) -> 
     for name in ("head.safetensors", "encoder.safetensors"):
         a, b = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "cut" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_dataloader_workers_prepare_the_same_batches(tmp_path: Path, one_thread) -> None:
+    """Image batches decoded and augmented in a DataLoader worker process give the in-process losses exactly."""
+    encoder, data, cfg = _fine_tuning(tmp_path)
+    here = train(cfg, data, tmp_path / "here", encoder=encoder(), progress=False)
+    worker = train(dataclasses.replace(cfg, num_workers=1), data, tmp_path / "worker", encoder=encoder(),
+                   progress=False)
+    assert [r["loss"] for r in worker.log] == [r["loss"] for r in here.log] and len(here.log) == 4

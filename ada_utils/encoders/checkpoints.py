@@ -86,8 +86,10 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Any:
             f"trust the file, pass --trust-pickle (trust_pickle=True in Python); or use the backbone-only file "
             f"(e.g. dino_deitsmall16_pretrain.pth). Refused because: {str(err).splitlines()[0]}"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path} (truncated, or not a torch checkpoint?): {err}") from err
+    except Exception as err:  # noqa: BLE001 (an unpickler fed garbage can raise anything: IndexError, KeyError, ...)
+        raise CheckpointError(f"cannot read {path}: not a torch checkpoint (a corrupt or truncated download, or "
+                              f"another kind of file); re-download it ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:80] if str(err) else ''})") from err
 
 
 def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
