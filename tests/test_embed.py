@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -171,3 +173,23 @@ def test_embed_benchmark_embeds_each_file_once(tmp_path, monkeypatch):
     assert chance_level(bf)["test_b/scene"]["R@5"] == 1.0  # 3 distractors + 1 exemplar: all in the top 5
     embed_benchmark(enc, tmp_path / "root", progress=False)
     assert enc.images == 17  # second call: all from the cache
+
+
+def test_abandoned_partial_caches_are_removed_and_live_ones_kept(tmp_path):
+    """A partial cache of another image list idle for hours goes; a recent one, a finished one and the kept one stay."""
+    from ada_utils.encoders.embed import ABANDONED_S, remove_abandoned
+
+    folders = {}
+    for name, files in {"old": ["progress.json", "chunks/000000.npy"], "recent": ["progress.json"],
+                        "done": ["progress.json", "manifest.json"], "keep": ["progress.json"],
+                        "other": ["notes.txt"]}.items():
+        folders[name] = tmp_path / name
+        for f in files:
+            (folders[name] / f).parent.mkdir(parents=True, exist_ok=True)
+            (folders[name] / f).write_text("{}")
+    old = time.time() - ABANDONED_S - 60
+    for name in ("old", "done", "keep", "other"):
+        for p in [folders[name], *folders[name].rglob("*")]:
+            os.utime(p, (old, old))
+    assert remove_abandoned(tmp_path, keep=folders["keep"]) == [folders["old"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "keep", "other", "recent"]

@@ -4,7 +4,8 @@ A cache folder holds ``feats.npy`` ((N, D) float32, rows in the order of ``paths
 and ``manifest.json`` (encoder spec and a hash of its parameters, transform key, count, dim, dtype and a hash
 of the image list). The manifest is written last, so its presence means "complete". Work in progress lives in
 ``chunks/NNNNNN.npy`` (one file per ``chunk_size`` images, written atomically) beside ``progress.json``: an
-interrupted run resumes at the first missing chunk. Under ``torchrun`` (``RANK``/``WORLD_SIZE``, read through
+interrupted run resumes at the first missing chunk; partial caches of *other* image lists (a run that failed on a
+bad image, then ran on a corrected list) are removed once idle for six hours (:func:`remove_abandoned`). Under ``torchrun`` (``RANK``/``WORLD_SIZE``, read through
 ``ada_utils.distributed``) every rank embeds chunks ``rank, rank + world_size, ...`` into the same (shared)
 folder and rank 0 merges them; the ranks meet through files only, so no process group is needed.
 Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits).
@@ -117,7 +118,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     key = encoder_key(encoder, transform_key=transform_key, seed=seed)
     plan = {**key, "count": len(paths), "list_sha256": list_hash(paths, ids), "dtype": "float32",
             "chunk_size": chunk_size}
-    if cache is None:
+    default_cache = cache is None
+    if default_cache:
         from ada_utils.project import cache_dir
 
         cache = cache_dir() / "features" / _short_hash(key) / plan["list_sha256"][:16]
@@ -146,9 +148,38 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
         chunk_files = [chunk_dir / f"{c:06d}.npy" for c in range(n_chunks)]
         _wait(lambda: all(f.is_file() for f in chunk_files), timeout, f"the chunks of the other ranks in {chunk_dir}")
         _merge(folder, chunk_files, ids, plan)
+        if default_cache:  # the project's cache tree: clear what failed runs left beside this one
+            remove_abandoned(folder.parent, keep=folder)
     else:
         _wait(manifest_path.is_file, timeout, f"rank 0 to write {manifest_path}")
     return _load(folder, plan)
+
+
+# A partial cache untouched for this long belongs to a run that failed or was abandoned (a live run writes a chunk
+# every few minutes even on a CPU).
+ABANDONED_S = 6 * 3600
+
+
+def remove_abandoned(parent: Path, *, keep: Path, idle_s: float = ABANDONED_S) -> list[Path]:
+    """Delete the partial caches beside ``keep`` (same encoder, other image lists) idle for ``idle_s`` seconds.
+
+    A partial cache (``progress.json`` without ``manifest.json``) of the *same* image list is resumed by the next
+    run; one of another list (a run that failed on a bad image, then ran on a corrected list) would otherwise stay
+    on disk for ever. Returns the removed folders.
+    """
+    import shutil
+
+    removed, now = [], time.time()
+    for folder in parent.iterdir():
+        if folder == keep or not folder.is_dir() or (folder / "manifest.json").exists():
+            continue
+        if not (folder / "progress.json").is_file():
+            continue
+        newest = max(p.stat().st_mtime for p in folder.rglob("*"))
+        if now - newest > idle_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 class _SeededDataset(torch.utils.data.Dataset):
