@@ -5,9 +5,10 @@ and ``manifest.json`` (encoder spec and a hash of its parameters, transform key,
 of the image list). The manifest is written last, so its presence means "complete". Work in progress lives in
 ``chunks/NNNNNN.npy`` (one file per ``chunk_size`` images, written atomically) beside ``progress.json``: an
 interrupted run resumes at the first missing chunk; partial caches of *other* image lists (a run that failed on a
-bad image, then ran on a corrected list) are removed once idle for six hours (:func:`remove_abandoned`). Under ``torchrun`` (``RANK``/``WORLD_SIZE``, read through
-``ada_utils.distributed``) every rank embeds chunks ``rank, rank + world_size, ...`` into the same (shared)
-folder and rank 0 merges them; the ranks meet through files only, so no process group is needed.
+bad image, then ran on a corrected list) are removed once idle for six hours (:func:`remove_abandoned`). Under
+``torchrun`` (``RANK``/``WORLD_SIZE``, read through ``ada_utils.distributed``) every rank embeds chunks
+``rank, rank + world_size, ...`` into the same (shared) folder and rank 0 merges them; the ranks meet through files
+only, so no process group is needed.
 Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits).
 """
 
