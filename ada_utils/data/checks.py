@@ -1,4 +1,6 @@
-"""Checks of a data root: what it holds (:func:`summarise`), and trivial cues that would separate the domains.
+"""Checks of a data root: what it holds (:func:`summarise` per cell, :func:`root_overview` for the whole root), which
+images do not decode (:func:`undecodable`, ``ada data check --decode``), and trivial cues that would separate the
+domains.
 
 Trivial cues: can image size, file size or mean colour alone tell real from synthetic images?
 A benchmark where such a cue separates the domains would let a method "attribute" by file statistics. Each cue is
