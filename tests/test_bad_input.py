@@ -114,7 +114,8 @@ def test_weight_files_say_what_is_wrong(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         assert "--trust-pickle" in capsys.readouterr().out
-    code, err = _ada(capsys, "embed", str(tmp_path), "--backbone", "dino_vits16", "--weights", str(tmp_path / "random.pth"))
+    code, err = _ada(capsys, "embed", str(tmp_path), "--backbone", "dino_vits16", "--weights",
+                     str(tmp_path / "random.pth"))
     assert code == 2 and "not a torch checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
@@ -173,3 +174,43 @@ def test_bad_image_and_zero_distractors_in_eval(tiny_root, tmp_path, capsys):
     first.write_bytes(first.read_bytes()[:200])
     code, err = _ada(capsys, "eval", "--data-root", str(root), "--distractors", "5", "--image-size", "32")
     assert code == 2 and str(first) in err and "cannot decode" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- --on-error skip
+def test_skip_leaves_bad_images_out_of_the_metric_and_says_how(tiny_root, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    case = load_test_case(root / "dataset" / "json" / "test_objects_seen.json", root=root)
+    lone = case.models[0].exemplars[0]  # model 0's only exemplar: its queries go too
+    query = case.queries["scene"][-1]  # a query of the last model
+    distractor = sorted((root / "dataset" / "laion_subset").iterdir())[3]
+    for path in (lone, query, distractor):
+        path.write_bytes(path.read_bytes()[:100])
+    args = ["eval", "--data-root", str(root), "--distractors", "20", "--image-size", "32"]
+    code = main([*args, "--on-error", "skip", "--out", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 exemplars skipped" in out and "left out of the gallery" in out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    assert metrics["skipped"]["exemplars"] == [rel(lone)] and metrics["skipped"]["distractors"] == [rel(distractor)]
+    assert metrics["skipped"]["queries"] == [rel(query)] and metrics["skip_rule"].startswith("a skipped exemplar")
+    dropped = metrics["skipped"]["queries_of_models_without_exemplars"]
+    assert dropped and all(p.split("/")[-3].startswith(case.models[0].class_id) for p in dropped)
+    total = sum(len(q) for q in case.queries.values())
+    cells = [c for name, c in metrics["cells"].items() if name.startswith("test_objects_seen/")]
+    assert sum(c["n_queries"] for c in cells) == total - 1 - len(dropped) and metrics["n_distractors"] == 19
+    code, err = _ada(capsys, *args)  # the cache made with skip, read with raise: names the files
+    assert code == 2 and "did not decode" in err and "--on-error skip" in err
+
+
+def test_attribute_skips_a_query_that_does_not_decode(tmp_path, capsys):
+    gallery = [_image(tmp_path / "gallery" / f"g{i}.png", seed=i) for i in range(4)]
+    good, bad = _image(tmp_path / "q" / "good.png", seed=1), tmp_path / "q" / "bad.png"
+    bad.write_bytes(b"not an image")
+    argv = ["attribute", "--gallery", str(tmp_path / "gallery"), "--query", str(good), str(bad), "--top", "2",
+            "--image-size", "32"]
+    code, err = _ada(capsys, *argv)
+    assert code == 2 and "bad.png" in err
+    assert main([*argv, "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "1 query images skipped" in out and "good.png" in out and gallery[1].name in out

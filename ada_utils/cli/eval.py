@@ -30,6 +30,8 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (ada eval --abc-feats: where the metric runs)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 on a 2-core machine)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an image that does not decode: stop and name it (raise), or leave it out and report it (skip)")
 
 
 def _load_encoder(args: argparse.Namespace):
@@ -78,8 +80,9 @@ def _embed(args: argparse.Namespace) -> int:
     from ada_utils.encoders import embed_images
 
     out = embed_images(_load_encoder(args), image_files(args.images), cache=args.cache, batch_size=args.batch_size,
-                       num_workers=args.num_workers)
+                       num_workers=args.num_workers, on_error=args.on_error)
     print(f"{out.feats.shape[0]} x {out.feats.shape[1]} features in {out.path}")
+    _print_skipped({"images": out.skipped}, "their rows are NaN in feats.npy and listed in manifest.json")
     return 0
 
 
@@ -92,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ada_utils.eval import evaluate
 
     bf = embed_benchmark(_load_encoder(args), args.data_root, distractors=args.distractors,
-                         batch_size=args.batch_size, num_workers=args.num_workers)
+                         batch_size=args.batch_size, num_workers=args.num_workers, on_error=args.on_error)
     _report(args, bf, evaluate(bf, progress=True), source="images", root=args.data_root, mapper=None)
     return 0
 
@@ -116,10 +119,12 @@ def _eval_abc_feats(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, bf, cells: dict, *, source: str, root: Path, mapper: str | None) -> None:
     """Print the per-cell table; with ``--out`` write the metrics JSON (one schema for both sources)."""
+    from ada_utils.encoders.features import SKIP_RULE
     from ada_utils.eval import chance_level
     from ada_utils.files import write_json
     from ada_utils.project import hardware
 
+    _print_skipped(bf.skipped, SKIP_RULE)
     chance = chance_level(bf)
     print(f"{'cell':32s} {'R@5':>6s} {'R@10':>6s} {'R@100':>6s} {'mAP':>6s} {'chance mAP':>10s} {'queries':>7s}")
     for name, m in cells.items():
@@ -128,8 +133,22 @@ def _report(args: argparse.Namespace, bf, cells: dict, *, source: str, root: Pat
     if args.out:
         write_json(args.out, {"cells": cells, "chance": chance, "encoder": bf.encoder, "root": str(root),
                               "n_distractors": len(bf.distractors), "hardware": hardware(), "source": source,
-                              "mapper": mapper})
+                              "mapper": mapper, "skipped": bf.skipped, "skip_rule": SKIP_RULE if bf.skipped else None})
         print(f"wrote {args.out}")
+
+
+def _print_skipped(skipped: dict[str, list[str]], rule: str) -> None:
+    """One line per role of the images left out because they did not decode (``--on-error skip``)."""
+    for role, ids in skipped.items():
+        if ids:
+            more = f", ... ({len(ids) - 3} more)" if len(ids) > 3 else ""
+            print(f"{len(ids)} {role.replace('_', ' ')} skipped ({', '.join(ids[:3])}{more}): {rule}")
+
+
+def _decoded(features) -> tuple[np.ndarray, list[str]]:
+    """Rows and ids of ``features`` without the images that did not decode."""
+    keep = [i for i, name in enumerate(features.ids) if name not in set(features.skipped)]
+    return np.asarray(features.feats[keep]), [features.ids[i] for i in keep]
 
 
 def _gallery(args: argparse.Namespace, encoder):
@@ -145,7 +164,7 @@ def _gallery(args: argparse.Namespace, encoder):
                              f"{args.backbone!r}; embed the gallery with the same encoder")
         return feats
     return embed_images(encoder, image_files([args.gallery]), batch_size=args.batch_size,
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, on_error=args.on_error)
 
 
 def _attribute(args: argparse.Namespace) -> int:
@@ -155,9 +174,12 @@ def _attribute(args: argparse.Namespace) -> int:
     encoder = _load_encoder(args)
     gallery = _gallery(args, encoder)
     queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
-                           progress=False)
-    result = attribute(np.asarray(queries.feats), np.asarray(gallery.feats), query_ids=queries.ids,
-                       gallery_ids=gallery.ids, top=args.top, index=args.index)
+                           progress=False, on_error=args.on_error)
+    _print_skipped({"query images": queries.skipped, "gallery images": gallery.skipped}, "left out of the table")
+    (q_feats, q_ids), (g_feats, g_ids) = _decoded(queries), _decoded(gallery)
+    if not q_ids:
+        raise ValueError("--query: no query image decodes")
+    result = attribute(q_feats, g_feats, query_ids=q_ids, gallery_ids=g_ids, top=args.top, index=args.index)
     print(result.table())
     if args.sheet:
         print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")

@@ -103,15 +103,22 @@ class ImageListDataset:
     Args:
         paths: image files, in the order the features should come out.
         transform: callable applied to the RGB ``PIL.Image`` (e.g. an encoder's ``preprocess``); identity if None.
+        on_error: ``"raise"`` (an undecodable file raises :class:`ImageDecodeError`) or ``"skip"`` (its item is
+            the transform of a blank image filled with NaN, so that the row can be recognised and left out).
     """
 
-    def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], Any] | None = None):
+    def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], Any] | None = None, *,
+                 on_error: OnError = "raise"):
         self.paths = [Path(p) for p in paths]
         self.transform = transform
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Any:
-        img = load_image(self.paths[index])
+        img = load_image(self.paths[index], on_error=self.on_error)
+        if img is None:  # skipped: a NaN image of the right shape marks the row (embedding turns it into a NaN row)
+            blank = self.transform(Image.new("RGB", (32, 32))) if self.transform is not None else None
+            return blank * float("nan") if blank is not None else None
         return self.transform(img) if self.transform is not None else img

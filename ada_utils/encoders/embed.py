@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ada_utils.data import ImageListDataset
+from ada_utils.data import ImageDecodeError, ImageListDataset
+from ada_utils.data.images import OnError
 from ada_utils.files import read_json, write_json
 
 FORMAT = 1  # manifest format version
@@ -42,6 +43,11 @@ class Features:
     ids: list[str]
     manifest: dict[str, Any]
     path: Path
+
+    @property
+    def skipped(self) -> list[str]:
+        """Ids of the images that did not decode (``on_error="skip"``); their rows are NaN."""
+        return list(self.manifest.get("skipped", []))
 
 
 def encoder_key(encoder: nn.Module, *, transform_key: str | None = None, seed: int = 0) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
                  ids: Sequence[str] | None = None, transform: Callable | None = None,
                  transform_key: str | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
                  chunk_size: int = 1024, progress: bool = True, rank: int | None = None,
-                 world_size: int | None = None, timeout: float = 24 * 3600) -> Features:
+                 world_size: int | None = None, timeout: float = 24 * 3600, on_error: OnError = "raise") -> Features:
     """Embed every image once (or load the cache): features (N, D) float32 in the order of ``paths``.
 
     Args:
@@ -93,6 +99,9 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
         rank, world_size: this process's share (default: the process group's, else ``RANK``/``WORLD_SIZE``,
             else 0 and 1).
         timeout: seconds a rank waits for the others' chunks (rank 0) or the merged manifest (others).
+        on_error: ``"raise"``: an image that does not decode stops the run, naming the file. ``"skip"``: its row
+            is NaN and its id is listed in the manifest's ``skipped`` (:attr:`Features.skipped`); the caller
+            leaves it out.
 
     Returns:
         :class:`Features`; ``feats`` is a read-only memory map of ``feats.npy``.
@@ -127,7 +136,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     folder = Path(cache)
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file():
-        return _load(folder, plan)
+        return _checked_skips(_load(folder, plan), on_error)
     folder.mkdir(parents=True, exist_ok=True)
     progress_path = folder / "progress.json"
     if progress_path.is_file():
@@ -138,7 +147,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     chunk_dir = folder / "chunks"
     chunk_dir.mkdir(exist_ok=True)
     mine = [c for c in range(rank, n_chunks, world_size) if not (chunk_dir / f"{c:06d}.npy").is_file()]
-    dataset = _SeededDataset(ImageListDataset(paths, transform or encoder.preprocess), seed if transform else None)
+    dataset = _SeededDataset(ImageListDataset(paths, transform or encoder.preprocess, on_error=on_error),
+                             seed if transform else None)
     with tqdm(total=sum(min(chunk_size, len(paths) - c * chunk_size) for c in mine), desc="embedding",
               unit="img", disable=not progress) as bar:
         for c in mine:
@@ -153,7 +163,17 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
             remove_abandoned(folder.parent, keep=folder)
     else:
         _wait(manifest_path.is_file, timeout, f"rank 0 to write {manifest_path}")
-    return _load(folder, plan)
+    return _checked_skips(_load(folder, plan), on_error)
+
+
+def _checked_skips(features: Features, on_error: OnError) -> Features:
+    """A cache made with ``on_error="skip"`` read with ``"raise"`` names its undecodable images."""
+    if features.skipped and on_error == "raise":
+        shown = ", ".join(features.skipped[:5])
+        raise ImageDecodeError(f"{features.path}: {len(features.skipped)} image(s) did not decode ({shown}"
+                               f"{', ...' if len(features.skipped) > 5 else ''}): replace them, or pass "
+                               "--on-error skip (on_error='skip') to leave them out")
+    return features
 
 
 # A partial cache untouched for this long belongs to a run that failed or was abandoned (a live run writes a chunk
@@ -211,6 +231,7 @@ def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: range, *, bat
     out = []
     for batch in loader:
         feats = encoder(batch.to(device)).float().cpu().numpy()
+        feats[~torch.isfinite(batch).flatten(1).all(1).numpy()] = np.nan  # skipped images (NaN inputs)
         if feats.ndim != 2 or feats.shape[1] != encoder.dim:
             raise ValueError(f"encoder {encoder.spec.get('name')!r} returned shape {feats.shape}, "
                              f"expected (B, {encoder.dim})")
@@ -240,16 +261,17 @@ def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict) ->
     dim = int(np.load(chunk_files[0], mmap_mode="r").shape[1])
     tmp = folder / ".feats.npy.tmp"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
-    row = 0
+    row, skipped = 0, []
     for f in chunk_files:
         chunk = np.load(f)
         out[row:row + len(chunk)] = chunk
+        skipped += [ids[row + i] for i in np.flatnonzero(~np.isfinite(chunk).all(1))]
         row += len(chunk)
     out.flush()
     del out
     os.replace(tmp, folder / "feats.npy")
     write_json(folder / "ids.json", ids)
-    write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim,
+    write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim, "skipped": skipped,
                                           "files": {"feats": "feats.npy", "ids": "ids.json"}})
     for f in chunk_files:
         f.unlink()

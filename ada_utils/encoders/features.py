@@ -16,6 +16,7 @@ from torch import nn
 
 from ada_utils.data import json_path, list_distractors, load_test_case, test_case_names
 from ada_utils.data.abc import IMAGE_SUFFIXES
+from ada_utils.data.images import OnError
 from ada_utils.encoders.embed import embed_images
 
 
@@ -40,6 +41,7 @@ class BenchmarkFeatures:
     encoder: dict
     distractor_ids: list[str] = field(default_factory=list)
     root: Path | None = None
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # role -> ids left out (on_error="skip")
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -48,7 +50,7 @@ def _rel(path: Path, root: Path) -> str:
 
 def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequence[str] | None = None,
                     distractors: int | None = None, batch_size: int = 64, num_workers: int = 0,
-                    progress: bool = True) -> BenchmarkFeatures:
+                    progress: bool = True, on_error: OnError = "raise") -> BenchmarkFeatures:
     """Embed every test image of ``root`` (each file once, cached by :func:`ada_utils.encoders.embed.embed_images`).
 
     Args:
@@ -57,13 +59,15 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
         test_cases: JSON stems to use (default: every ``test_*.json``, sorted).
         distractors: use the first N distractors in sorted order (default: all).
         batch_size, num_workers, progress: passed to ``embed_images``.
+        on_error: ``"skip"`` leaves out the images that do not decode (:data:`SKIP_RULE` says how; the ids are in
+            ``BenchmarkFeatures.skipped``); ``"raise"`` stops at the first one, naming it.
     """
     root = Path(root)
     test_cases = test_case_names(root) if test_cases is None else test_cases
     cases = {name: load_test_case(json_path(root, name), root=root) for name in test_cases}
     images = list(dict.fromkeys(p for c in cases.values()
                                 for p in [*c.exemplar_paths, *(q for qs in c.queries.values() for q in qs)]))
-    kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    kw = dict(batch_size=batch_size, num_workers=num_workers, progress=progress, on_error=on_error)
     feats = embed_images(encoder, images, ids=[_rel(p, root) for p in images], **kw)
     row = {p: i for i, p in enumerate(images)}
     if distractors is not None and distractors < 1:
@@ -75,16 +79,41 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
                          "finish the download of laion_subset")
     dist = embed_images(encoder, dist_paths, ids=[_rel(p, root) for p in dist_paths], **kw)
 
-    def take(paths: list[Path]) -> np.ndarray:
-        return np.asarray(feats.feats[[row[p] for p in paths]], dtype=np.float32)
+    bad = set(feats.skipped)
+    skipped: dict[str, list[str]] = {"exemplars": [], "queries": [], "distractors": list(dist.skipped),
+                                     "queries_of_models_without_exemplars": []}
+    out = {name: _case_features(c, feats.feats, row, bad, root, skipped) for name, c in cases.items()}
+    keep = [i for i, d in enumerate(dist.ids) if d not in set(dist.skipped)]
+    dist_feats = dist.feats if len(keep) == len(dist.ids) else np.asarray(dist.feats[keep])
+    return BenchmarkFeatures(out, dist_feats, dict(encoder.spec), [dist.ids[i] for i in keep], root,
+                             {k: v for k, v in skipped.items() if v})
 
-    out = {name: CaseFeatures(queries={k: take(v) for k, v in c.queries.items()},
-                              query_model=dict(c.query_model), exemplars=take(c.exemplar_paths),
-                              exemplar_model=c.exemplar_model,
-                              query_ids={k: [_rel(p, root) for p in v] for k, v in c.queries.items()},
-                              exemplar_ids=[_rel(p, root) for p in c.exemplar_paths])
-           for name, c in cases.items()}
-    return BenchmarkFeatures(out, dist.feats, dict(encoder.spec), dist.ids, root)
+
+# How the official metric treats images that do not decode under on_error="skip" (said in every report).
+SKIP_RULE = ("a skipped exemplar is left out of the gallery and of its model's positives; a model left without "
+             "exemplars loses its queries; skipped queries and distractors are left out")
+
+
+def _case_features(c, table: np.ndarray, row: dict[Path, int], bad: set[str], root: Path,
+                   skipped: dict[str, list[str]]) -> CaseFeatures:
+    """One case's rows of ``table``, without the ``bad`` ids (recorded in ``skipped`` by role)."""
+    ex_ids = [_rel(p, root) for p in c.exemplar_paths]
+    ex_keep = np.array([i not in bad for i in ex_ids], dtype=bool)
+    skipped["exemplars"] += [i for i, k in zip(ex_ids, ex_keep) if not k]
+    models_left = set(c.exemplar_model[ex_keep].tolist())
+    queries, query_model, query_ids = {}, {}, {}
+    for prompt, paths in c.queries.items():
+        ids = [_rel(p, root) for p in paths]
+        owner = c.query_model[prompt]
+        keep = [j for j, i in enumerate(ids) if i not in bad and int(owner[j]) in models_left]
+        skipped["queries"] += [i for i in ids if i in bad]
+        skipped["queries_of_models_without_exemplars"] += [ids[j] for j in range(len(ids))
+                                                           if ids[j] not in bad and int(owner[j]) not in models_left]
+        queries[prompt] = np.asarray(table[[row[paths[j]] for j in keep]], dtype=np.float32)
+        query_model[prompt], query_ids[prompt] = owner[keep], [ids[j] for j in keep]
+    exemplars = np.asarray(table[[row[p] for p, k in zip(c.exemplar_paths, ex_keep) if k]], dtype=np.float32)
+    return CaseFeatures(queries, query_model, exemplars, c.exemplar_model[ex_keep], query_ids,
+                        [i for i, k in zip(ex_ids, ex_keep) if k])
 
 
 def stack_cells(bf: BenchmarkFeatures):
