@@ -147,7 +147,8 @@ def _print_skipped(skipped: dict[str, list[str]], rule: str) -> None:
 
 def _decoded(features) -> tuple[np.ndarray, list[str]]:
     """Rows and ids of ``features`` without the images that did not decode."""
-    keep = [i for i, name in enumerate(features.ids) if name not in set(features.skipped)]
+    bad = set(features.skipped)
+    keep = [i for i, name in enumerate(features.ids) if name not in bad]
     return np.asarray(features.feats[keep]), [features.ids[i] for i in keep]
 
 

@@ -208,7 +208,8 @@ def load_exact(model: nn.Module, sd: Mapping[str, torch.Tensor], *, path: str | 
     """
     prefixes = _classifier_prefixes(model)
     dropped = sorted(k for k in sd if any(k == p or k.startswith(p + ".") for p in prefixes))
-    sd = {k: v for k, v in sd.items() if k not in set(dropped)}
+    gone = set(dropped)
+    sd = {k: v for k, v in sd.items() if k not in gone}
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith(".num_batches_tracked")]  # in model order
     unexpected = [k for k in sd if k not in own]  # in file order

@@ -83,7 +83,8 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
     skipped: dict[str, list[str]] = {"exemplars": [], "queries": [], "distractors": list(dist.skipped),
                                      "queries_of_models_without_exemplars": []}
     out = {name: _case_features(c, feats.feats, row, bad, root, skipped) for name, c in cases.items()}
-    keep = [i for i, d in enumerate(dist.ids) if d not in set(dist.skipped)]
+    dist_bad = set(dist.skipped)
+    keep = [i for i, d in enumerate(dist.ids) if d not in dist_bad]
     dist_feats = dist.feats if len(keep) == len(dist.ids) else np.asarray(dist.feats[keep])
     return BenchmarkFeatures(out, dist_feats, dict(encoder.spec), [dist.ids[i] for i in keep], root,
                              {k: v for k, v in skipped.items() if v})
