@@ -58,12 +58,12 @@ def _check(args: argparse.Namespace) -> int:
 
 def _decode_all(args: argparse.Namespace) -> int:
     """``--decode``: decode every listed image (and the first --distractors distractors); report every failure."""
-    from ada_utils.data.abc import MAX_LISTED, list_distractors, load_test_case, resolve
-    from ada_utils.data.checks import undecodable
+    from ada_utils.data.abc import MAX_LISTED, list_distractors, listed, load_test_case
+    from ada_utils.data.checks import json_file, undecodable
 
     root, groups = Path(args.root), {}
     for name in args.json:
-        path = Path(name) if Path(name).is_file() else resolve(name, root)
+        path = json_file(name, root)
         case = load_test_case(path, root=root)
         groups[str(path)] = case.exemplar_paths + [p for q in case.queries.values() for p in q]
     if args.distractors:
@@ -73,10 +73,8 @@ def _decode_all(args: argparse.Namespace) -> int:
         bad = undecodable(paths, workers=args.workers)
         failed += len(bad)
         if bad:
-            shown = "\n  ".join(f"{p}: {why}" for p, why in bad[:MAX_LISTED])
-            more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
             print(f"{source}: {len(bad)} of {len(paths)} image(s) do not decode (first {min(len(bad), MAX_LISTED)} "
-                  f"shown; re-download or replace them):\n  {shown}{more}",
+                  f"shown; re-download or replace them):\n  {listed([f'{p}: {why}' for p, why in bad])}",
                   file=sys.stderr)
     total = sum(len(p) for p in groups.values())
     print(f"decoded {total - failed} of {total} images" + (f"; {failed} failed" if failed else ", all good"))
@@ -113,7 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(func=_build)
 
     check = sub.add_parser("check", help="count models/exemplars/queries per test case; report missing files")
-    check.add_argument("--data-root", dest="root", required=True, help="data root (AbC repo layout or Hugging Face mirror layout)")
+    check.add_argument("--data-root", dest="root", required=True,
+                       help="data root (AbC repo layout or Hugging Face mirror layout)")
     check.add_argument("json", nargs="+", help="benchmark JSON files (paths, or relative to --root)")
     check.add_argument("--distractors", type=int, default=None, help="also check the first N distractors")
     check.add_argument("--json", dest="json_output", action="store_true", help="machine-readable output")

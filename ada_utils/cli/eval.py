@@ -139,17 +139,11 @@ def _report(args: argparse.Namespace, bf, cells: dict, *, source: str, root: Pat
 
 def _print_skipped(skipped: dict[str, list[str]], rule: str) -> None:
     """One line per role of the images left out because they did not decode (``--on-error skip``)."""
+    from ada_utils.data.abc import listed
+
     for role, ids in skipped.items():
         if ids:
-            more = f", ... ({len(ids) - 3} more)" if len(ids) > 3 else ""
-            print(f"{len(ids)} {role.replace('_', ' ')} skipped ({', '.join(ids[:3])}{more}): {rule}")
-
-
-def _decoded(features) -> tuple[np.ndarray, list[str]]:
-    """Rows and ids of ``features`` without the images that did not decode."""
-    bad = set(features.skipped)
-    keep = [i for i, name in enumerate(features.ids) if name not in bad]
-    return np.asarray(features.feats[keep]), [features.ids[i] for i in keep]
+            print(f"{len(ids)} {role.replace('_', ' ')} skipped ({listed(ids, most=3, sep=', ')}): {rule}")
 
 
 def _gallery(args: argparse.Namespace, encoder):
@@ -177,10 +171,11 @@ def _attribute(args: argparse.Namespace) -> int:
     queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
                            progress=False, on_error=args.on_error)
     _print_skipped({"query images": queries.skipped, "gallery images": gallery.skipped}, "left out of the table")
-    (q_feats, q_ids), (g_feats, g_ids) = _decoded(queries), _decoded(gallery)
+    (q_feats, q_ids), (g_feats, g_ids) = queries.decoded(), gallery.decoded()
     if not q_ids:
         raise ValueError("--query: no query image decodes")
-    result = attribute(q_feats, g_feats, query_ids=q_ids, gallery_ids=g_ids, top=args.top, index=args.index)
+    result = attribute(np.asarray(q_feats), np.asarray(g_feats), query_ids=q_ids, gallery_ids=g_ids, top=args.top,
+                       index=args.index)
     print(result.table())
     if args.sheet:
         print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,16 +28,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_LISTED = 20
 
 
+def listed(items: Sequence[object], *, most: int = MAX_LISTED, sep: str = "\n  ") -> str:
+    """The first ``most`` items joined by ``sep`` (one per indented line by default), then "... and N more"."""
+    shown = sep.join(str(item) for item in items[:most])
+    return shown + (f"{sep}... and {len(items) - most} more" if len(items) > most else "")
+
+
 class MissingFilesError(FileNotFoundError):
     """Files named by a benchmark JSON that are absent; ``.missing`` holds them all."""
 
     def __init__(self, source: str | Path, missing: list[Path]):
         self.source, self.missing = str(source), missing
-        shown = "\n  ".join(str(p) for p in missing[:MAX_LISTED])
-        more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         first = min(len(missing), MAX_LISTED)
         super().__init__(f"{source}: {len(missing)} referenced file(s) are missing (first {first} shown; "
-                         f"check --data-root and the layout, or finish the download):\n  {shown}{more}")
+                         f"check --data-root and the layout, or finish the download):\n  {listed(missing)}")
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,9 @@ class UnsafePathError(ValueError):
 
     def __init__(self, source: str | Path, bad: list[tuple[int, str]]):
         self.source, self.bad = str(source), bad
-        shown = "\n  ".join(f"entry {i}: {p!r}" for i, p in bad[:MAX_LISTED])
-        more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         super().__init__(f"{source}: {len(bad)} path(s) are absolute or leave the data root after normalisation "
                          f"(a benchmark JSON may name files under its root only; fix or re-download the JSON):"
-                         f"\n  {shown}{more}")
+                         f"\n  {listed([f'entry {i}: {p!r}' for i, p in bad])}")
 
 
 def escapes_root(rel: str) -> bool:

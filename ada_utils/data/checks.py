@@ -64,12 +64,16 @@ def trivial_cue_report(root: str | Path, *, max_images: int = 600, seed: int = 0
             "n_quantisation_tables": len(r["tables"] | s["tables"]), "auc": auc}
 
 
+def json_file(name: str, root: Path) -> Path:
+    """A benchmark JSON named on the command line: a path as given, else relative to ``root`` in either layout."""
+    return Path(name) if Path(name).is_file() else resolve(name, root)
+
+
 def summarise(json_files: list[str], *, root: Path, distractors: int | None = None) -> list[dict]:
     """Per test case and prompt type: models, exemplars, queries (raises MissingFilesError on absent files)."""
     rows = []
     for name in json_files:
-        path = Path(name) if Path(name).is_file() else resolve(name, root)  # dataset/json/... in either layout
-        case = load_test_case(path, root=root, distractors=distractors)
+        case = load_test_case(json_file(name, root), root=root, distractors=distractors)
         for prompt in case.prompt_types:
             used = sorted(set(case.query_model[prompt].tolist()))
             rows.append({"test_case": case.name, "prompt_type": prompt, "models": len(used),

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ada_utils.data import ImageDecodeError, ImageListDataset
+from ada_utils.data.abc import listed
 from ada_utils.data.images import OnError
 from ada_utils.files import read_json, write_json
 
@@ -48,6 +49,14 @@ class Features:
     def skipped(self) -> list[str]:
         """Ids of the images that did not decode (``on_error="skip"``); their rows are NaN."""
         return list(self.manifest.get("skipped", []))
+
+    def decoded(self) -> tuple[np.ndarray, list[str]]:
+        """Rows and ids without the skipped images (the memory map itself when none was skipped)."""
+        if not self.skipped:
+            return self.feats, self.ids
+        bad = set(self.skipped)
+        keep = [i for i, name in enumerate(self.ids) if name not in bad]
+        return np.asarray(self.feats[keep]), [self.ids[i] for i in keep]
 
 
 def encoder_key(encoder: nn.Module, *, transform_key: str | None = None, seed: int = 0) -> dict[str, Any]:
@@ -169,9 +178,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
 def _checked_skips(features: Features, on_error: OnError) -> Features:
     """A cache made with ``on_error="skip"`` read with ``"raise"`` names its undecodable images."""
     if features.skipped and on_error == "raise":
-        shown = ", ".join(features.skipped[:5])
-        raise ImageDecodeError(f"{features.path}: {len(features.skipped)} image(s) did not decode ({shown}"
-                               f"{', ...' if len(features.skipped) > 5 else ''}): replace them, or pass "
+        raise ImageDecodeError(f"{features.path}: {len(features.skipped)} image(s) did not decode "
+                               f"({listed(features.skipped, most=5, sep=', ')}): replace them, or pass "
                                "--on-error skip (on_error='skip') to leave them out")
     return features
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ada_utils.data import json_path, list_distractors, load_test_case, test_case_names
+from ada_utils.data import TestCase, json_path, list_distractors, load_test_case, test_case_names
 from ada_utils.data.abc import IMAGE_SUFFIXES
 from ada_utils.data.images import OnError
 from ada_utils.encoders.embed import embed_images
@@ -83,10 +83,8 @@ def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequenc
     skipped: dict[str, list[str]] = {"exemplars": [], "queries": [], "distractors": list(dist.skipped),
                                      "queries_of_models_without_exemplars": []}
     out = {name: _case_features(c, feats.feats, row, bad, root, skipped) for name, c in cases.items()}
-    dist_bad = set(dist.skipped)
-    keep = [i for i, d in enumerate(dist.ids) if d not in dist_bad]
-    dist_feats = dist.feats if len(keep) == len(dist.ids) else np.asarray(dist.feats[keep])
-    return BenchmarkFeatures(out, dist_feats, dict(encoder.spec), [dist.ids[i] for i in keep], root,
+    dist_feats, dist_ids = dist.decoded()
+    return BenchmarkFeatures(out, dist_feats, dict(encoder.spec), dist_ids, root,
                              {k: v for k, v in skipped.items() if v})
 
 
@@ -95,7 +93,7 @@ SKIP_RULE = ("a skipped exemplar is left out of the gallery and of its model's p
              "exemplars loses its queries; skipped queries and distractors are left out")
 
 
-def _case_features(c, table: np.ndarray, row: dict[Path, int], bad: set[str], root: Path,
+def _case_features(c: TestCase, table: np.ndarray, row: dict[Path, int], bad: set[str], root: Path,
                    skipped: dict[str, list[str]]) -> CaseFeatures:
     """One case's rows of ``table``, without the ``bad`` ids (recorded in ``skipped`` by role)."""
     ex_ids = [_rel(p, root) for p in c.exemplar_paths]
@@ -104,12 +102,15 @@ def _case_features(c, table: np.ndarray, row: dict[Path, int], bad: set[str], ro
     models_left = set(c.exemplar_model[ex_keep].tolist())
     queries, query_model, query_ids = {}, {}, {}
     for prompt, paths in c.queries.items():
-        ids = [_rel(p, root) for p in paths]
-        owner = c.query_model[prompt]
-        keep = [j for j, i in enumerate(ids) if i not in bad and int(owner[j]) in models_left]
-        skipped["queries"] += [i for i in ids if i in bad]
-        skipped["queries_of_models_without_exemplars"] += [ids[j] for j in range(len(ids))
-                                                           if ids[j] not in bad and int(owner[j]) not in models_left]
+        ids, owner = [_rel(p, root) for p in paths], c.query_model[prompt]
+        keep = []
+        for j, (i, m) in enumerate(zip(ids, owner.tolist())):
+            if i in bad:
+                skipped["queries"].append(i)
+            elif m not in models_left:
+                skipped["queries_of_models_without_exemplars"].append(i)
+            else:
+                keep.append(j)
         queries[prompt] = np.asarray(table[[row[paths[j]] for j in keep]], dtype=np.float32)
         query_model[prompt], query_ids[prompt] = owner[keep], [ids[j] for j in keep]
     exemplars = np.asarray(table[[row[p] for p, k in zip(c.exemplar_paths, ex_keep) if k]], dtype=np.float32)
