@@ -247,8 +247,11 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             values = distributed.all_reduce_mean(torch.tensor([float(loss.detach()), *parts.values()],
                                                               dtype=torch.float64, device=device)).tolist()
             value, parts = values[0], dict(zip(parts, values[1:]))
-            if not math.isfinite(value) or _stuck(log, value, step - start):
-                raise _failed(cfg, step, value, out_dir, header, writer)
+            if not math.isfinite(value):
+                raise _failed(cfg, step, value, "the loss is NaN/inf", out_dir, header, writer)
+            if _stuck(log, value, step - start):
+                raise _failed(cfg, step, value, f"the loss has not changed for {STUCK_STEPS} steps", out_dir, header,
+                              writer)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -257,7 +260,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             scaler.step(opt)
             scaler.update()
             if _exploded(model, start_peak):
-                raise _failed(cfg, step, value, out_dir, header, writer)
+                raise _failed(cfg, step, value, f"a weight became NaN/inf or grew {GROWTH:g}-fold", out_dir, header,
+                              writer)
             rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(lrs[step]), "loss": value,
                    **parts}
             log.append(rec)
@@ -313,18 +317,19 @@ def _stuck(log: list[dict], value: float, done: int) -> bool:
     return all(r["loss"] == value for r in log[-STUCK_STEPS:])
 
 
-def _failed(cfg: TrainConfig, step: int, loss: float, out_dir: Path, header: dict, writer) -> TrainingDivergedError:
-    """The divergence error; rank 0 marks the run folder failed, so that no later run takes it for finished."""
-    message = (f"training diverged at step {step}: loss={loss} (NaN/inf, unchanged for {STUCK_STEPS} steps, or weights "
-               f"grown {GROWTH:g}-fold) with lr={cfg.lr} (method={cfg.method!r}, lam={cfg.lam}, eps={cfg.eps}): lower "
-               "--lr (or raise eps / grad_clip) and run again with --overwrite")
+def _failed(cfg: TrainConfig, step: int, loss: float, reason: str, out_dir: Path, header: dict,
+            writer) -> TrainingDivergedError:
+    """The divergence error naming ``reason``; rank 0 marks the run folder failed, so that no later run takes it for
+    finished."""
+    message = (f"training diverged at step {step}: {reason} (loss={loss}) with lr={cfg.lr} (method={cfg.method!r}, "
+               f"lam={cfg.lam}, eps={cfg.eps}): lower --lr (or raise eps / grad_clip) and run again with --overwrite")
     ckpt = out_dir / "checkpoint.safetensors"
     message += f"; the last good checkpoint is kept in {ckpt}" if ckpt.is_file() else ""
     if writer is not None:
         from ada_utils.files import write_json
 
         write_json(out_dir / "config.json", {**header, "status": "failed", "error": f"diverged at step {step}, "
-                                             f"lr={cfg.lr}"})
+                                             f"lr={cfg.lr}: {reason}"})
     return TrainingDivergedError(message)
 
 
