@@ -6,9 +6,9 @@ subcommand sets ``func(args) -> int``. Heavy imports (torch, timm) happen inside
 
 Errors: a user error (a missing file, a bad parameter, a refused run folder, a diverged run, an image that does
 not decode, absent photo sources) prints one line and exits with 2; Ctrl-C prints "interrupted; re-run the same
-command to resume" (``ada train``: with ``--resume``) and exits with 130 (what was computed stays: caches and checkpoints are written atomically);
-anything else, CUDA and NCCL failures included, keeps its traceback, because its message alone rarely says where
-it came from.
+command to resume" (``ada train``: with ``--resume``) and exits with 130 (what was computed stays: caches and
+checkpoints are written atomically); anything else, CUDA and NCCL failures included, keeps its traceback, because
+its message alone rarely says where it came from.
 """
 
 from __future__ import annotations

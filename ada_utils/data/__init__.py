@@ -13,9 +13,10 @@ from ada_utils.data.plan import SCALES, TEST_CASES, TRAIN_JSON
 
 __all__ = [
     "SCALES", "TEST_CASES", "TRAIN_JSON", "ImageDecodeError", "ImageListDataset", "MissingFilesError", "Model",
-    "PhotoSourceError", "Pool", "TestCase", "UnsafePathError", "benchmark_root", "build_benchmark", "describe_root", "check_files", "contact_sheet", "default_root",
-    "ensure_benchmark", "fetch_photos", "gather_sources", "image_grid", "json_path", "list_distractors",
-    "load_image", "load_images", "load_test_case", "resolve", "save_jpeg", "test_case_names", "training_pairs", "unlabelled_pool",
+    "PhotoSourceError", "Pool", "TestCase", "UnsafePathError", "benchmark_root", "build_benchmark", "describe_root",
+    "check_files", "contact_sheet", "default_root", "ensure_benchmark", "fetch_photos", "gather_sources", "image_grid",
+    "json_path", "list_distractors", "load_image", "load_images", "load_test_case", "resolve", "save_jpeg",
+    "test_case_names", "training_pairs", "unlabelled_pool",
 ]
 
 

@@ -49,8 +49,8 @@ def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -
         return False
     if old.get("status") == "failed" and not resume:
         raise FileExistsError(f"{out_dir} holds a failed run ({old.get('error', 'no reason recorded')}): pass "
-                              "--overwrite (overwrite=True) to start again with other settings (a lower lr), or --resume "
-                              "(resume=True) to continue from its last good checkpoint")
+                              "--overwrite (overwrite=True) to start again with other settings (a lower lr), or "
+                              "--resume (resume=True) to continue from its last good checkpoint")
     if not resume:
         state = "a finished" if old.get("status") == "finished" else "an unfinished"
         raise FileExistsError(f"{out_dir} already holds {state} run: pass --overwrite (overwrite=True) to retrain it "
