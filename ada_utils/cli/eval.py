@@ -4,7 +4,7 @@
     ada eval --data-root DATA_ROOT --backbone efficientnet_lite0 [--distractors N] [--out metrics.json]
     ada eval --abc-feats feats/dino [--mapper weights/mapper/dino_tuned.pth] [--distractors N] [--out metrics.json]
     ada attribute --gallery DIR_OR_FEATURES --query IMAGES... --backbone NAME [--top 10] [--index flat|ivf|hnsw]
-                  [--sheet out.png|out.html]
+                  [--sheet out.png|out.html] [--calibrator FILE | --calibrate-on DATA_ROOT] [--out rows.json]
 
 Flag names follow ``ada train`` and the notebooks' parameters (``--data-root``, ``--backbone``, ``--weights``,
 ``--image-size``, ``--device``). ``ada eval --abc-feats`` reads AbC's released feature files
@@ -71,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help="flat = exact search")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet (.png or .html)")
     p.add_argument("--image-root", type=Path, default=None, help="folder that relative gallery ids live under")
+    soft = p.add_mutually_exclusive_group()
+    soft.add_argument("--calibrator", type=Path, default=None,
+                      help="calibrator file for influence percentages (ours, or AbC's weights/calibrator/*.pth)")
+    soft.add_argument("--calibrate-on", type=Path, default=None, metavar="DATA_ROOT",
+                      help="fit the label-free calibrator on this root's unlabelled training images (no labels "
+                           "read) and save it under cache/calibrators/")
+    p.add_argument("--out", type=Path, default=None, help="write the rows (and influences) as JSON")
     _encoder_args(p)
     p.set_defaults(func=_attribute)
 
@@ -174,10 +181,45 @@ def _attribute(args: argparse.Namespace) -> int:
     (q_feats, q_ids), (g_feats, g_ids) = queries.decoded(), gallery.decoded()
     if not q_ids:
         raise ValueError("--query: no query image decodes")
+    calibrator = _calibrator(args, encoder, dim=np.asarray(g_feats).shape[1])
     result = attribute(np.asarray(q_feats), np.asarray(g_feats), query_ids=q_ids, gallery_ids=g_ids, top=args.top,
-                       index=args.index)
+                       index=args.index, calibrator=calibrator)
     print(result.table())
     if args.sheet:
         print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")
+    if args.out:
+        from ada_utils.files import write_json
+
+        write_json(args.out, {"rows": result.rows(), "rest": None if result.rest is None else
+                              dict(zip(result.query_ids, map(float, result.rest))), "encoder": encoder.spec})
+        print(f"wrote {args.out}")
     return 0
+
+
+def _calibrator(args: argparse.Namespace, encoder, *, dim: int):
+    """``--calibrator`` (checked against the encoder), a label-free fit on ``--calibrate-on``, or None."""
+    from ada_utils.eval.calibrate import label_free_set, load_calibrator, save_calibrator
+
+    if args.calibrator is not None:
+        cal, meta = load_calibrator(args.calibrator, encoder=json.loads(json.dumps(encoder.spec)), dim=dim)
+        if meta is None:
+            print(f"{args.calibrator}: no record of the encoder it was fitted for (AbC's format); "
+                  f"influences assume it matches --backbone {args.backbone}")
+        return cal
+    if args.calibrate_on is None:
+        print("influence percentages need a calibrator: pass --calibrator FILE or --calibrate-on DATA_ROOT")
+        return None
+    from ada_utils.project import cache_dir
+    from ada_utils.train.data import training_data
+
+    data = training_data(encoder, args.calibrate_on, n_views=1, augment="gap", batch_size=args.batch_size,
+                         num_workers=args.num_workers)
+    cal = label_free_set(data).fit(init_tau=0.1)
+    # The features' fingerprint names the file: it changes with the encoder, its weights and the images.
+    path = cache_dir() / "calibrators" / f"{encoder.name}-{data.fingerprint(with_pairs=False)[:16]}.pth"
+    save_calibrator(path, cal, {"fit": "label_free", "pseudo": "mutual", "encoder": encoder.spec, "dim": dim,
+                                "data_root": args.calibrate_on.name, "train_pool": data.source})
+    print(f"label-free calibrator (inv_tau {float(cal.inv_tau):.2f}, bias {float(cal.bias):.2f}) fitted on "
+          f"{len(data.feats):,} unlabelled training images of {args.calibrate_on.name}; saved to {path}")
+    return cal
 

@@ -1,6 +1,7 @@
 """Evaluation: the official metrics per benchmark cell (:mod:`.benchmark`), comparisons under noise
 (:mod:`.statistics`), the ablation study (:mod:`.ablation`), the results chapter's tables and galleries
-(:mod:`.results`), and attributing a user's own images (:mod:`.attribute`).
+(:mod:`.results`), attributing a user's own images (:mod:`.attribute`) and calibrating its scores
+(:mod:`.calibrate`).
 """
 
 from ada_utils.eval.benchmark import cell_means, chance_level, evaluate, per_query_metrics

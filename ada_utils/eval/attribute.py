@@ -4,6 +4,10 @@ Features are L2-normalised float32, so inner product = cosine. ``index="flat"`` 
 ``"ivf"`` (``IndexIVFFlat``, ``nlist`` ~ 4 sqrt(N) cells, ``nprobe`` probed) and ``"hnsw"`` (``IndexHNSWFlat``)
 are approximate and faster for million-image galleries. This is a nearest-neighbour demo, not the official
 metric (:mod:`ada_utils.retrieval`), and it ranks all gallery images together (no per-model gallery).
+
+With a calibrator (:mod:`ada_utils.calibration`), each match also gets its calibrated influence: its share of
+AbC's truncated softmax over the *whole* gallery (exact scores, whatever the index), and each query the share
+left to images outside its top matches.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ada_utils.calibration import Calibrator
 from ada_utils.data import load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -26,24 +31,38 @@ FRAME_HTML = f' style="outline:4px solid {FRAME_COLOUR}"'
 
 @dataclass
 class Attribution:
-    """Top matches: ``scores`` and ``indices`` (Q, top) into ``gallery_ids``; rows follow ``query_ids``."""
+    """Top matches: ``scores`` and ``indices`` (Q, top) into ``gallery_ids``; rows follow ``query_ids``.
+
+    With a calibrator, ``influence`` (Q, top) is each match's calibrated probability over the whole gallery and
+    ``rest`` (Q,) what is left to the images outside the top matches.
+    """
 
     query_ids: list[str]
     gallery_ids: list[str]
     scores: np.ndarray
     indices: np.ndarray
+    influence: np.ndarray | None = None
+    rest: np.ndarray | None = None
 
     def rows(self) -> list[dict]:
-        """One dict per (query, rank): ``query``, ``rank`` (1-based), ``score`` (cosine), ``gallery``."""
+        """One dict per (query, rank): ``query``, ``rank`` (1-based), ``score`` (cosine), ``gallery``, and
+        ``influence`` (a fraction) with a calibrator."""
         return [{"query": q, "rank": r + 1, "score": float(self.scores[i, r]),
-                 "gallery": self.gallery_ids[self.indices[i, r]]}
+                 "gallery": self.gallery_ids[self.indices[i, r]],
+                 **({} if self.influence is None else {"influence": float(self.influence[i, r])})}
                 for i, q in enumerate(self.query_ids) for r in range(self.indices.shape[1])
                 if self.indices[i, r] >= 0]
 
     def table(self) -> str:
-        """Plain-text table of :meth:`rows`."""
-        lines = [f"{'query':40s} {'rank':>4s} {'score':>7s}  gallery"]
-        lines += [f"{r['query'][-40:]:40s} {r['rank']:4d} {r['score']:7.4f}  {r['gallery']}" for r in self.rows()]
+        """Plain-text table of :meth:`rows`; with a calibrator, an influence column and each query's rest."""
+        soft = self.influence is not None
+        lines = [f"{'query':40s} {'rank':>4s} {'score':>7s} " + ("influence " if soft else "") + " gallery"]
+        for r in self.rows():
+            share = f"{r['influence']:9.1%} " if soft else ""
+            lines.append(f"{r['query'][-40:]:40s} {r['rank']:4d} {r['score']:7.4f} {share} {r['gallery']}")
+        if soft:
+            top = self.indices.shape[1]
+            lines += [f"{q[-40:]:40s} not in the top {top}: {rest:.1%}" for q, rest in zip(self.query_ids, self.rest)]
         return "\n".join(lines)
 
 
@@ -82,7 +101,10 @@ def build_index(gallery_feats: np.ndarray, *, kind: str = "flat", nlist: int | N
         hnsw_m: HNSW graph degree.
         seed: IVF k-means seed.
     """
-    x = _normalised(gallery_feats)
+    return _index(_normalised(gallery_feats), kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed)
+
+
+def _index(x: np.ndarray, *, kind: str, nlist: int | None, nprobe: int, hnsw_m: int, seed: int) -> faiss.Index:
     n, d = x.shape
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
@@ -101,16 +123,42 @@ def build_index(gallery_feats: np.ndarray, *, kind: str = "flat", nlist: int | N
 
 
 def attribute(query_feats: np.ndarray, gallery_feats: np.ndarray, *, query_ids: list[str], gallery_ids: list[str],
-              top: int = 10, index: str = "flat") -> Attribution:
-    """The ``top`` most similar gallery images of each query (cosine, descending)."""
+              top: int = 10, index: str = "flat", calibrator: Calibrator | None = None) -> Attribution:
+    """The ``top`` most similar gallery images of each query (cosine, descending), with their calibrated
+    influence when a ``calibrator`` is given."""
+    if len(gallery_feats) == 0:
+        raise ValueError("the gallery is empty: no image to attribute to")
     if query_feats.shape[1] != gallery_feats.shape[1]:
         raise ValueError(f"query_feats has D={query_feats.shape[1]} but gallery_feats D={gallery_feats.shape[1]}"
                          " (embedded with another encoder?)")
     if len(gallery_ids) != len(gallery_feats) or len(query_ids) != len(query_feats):
         raise ValueError("query_ids / gallery_ids must have one entry per feature row")
-    scores, indices = build_index(gallery_feats, kind=index).search(_normalised(query_feats),
-                                                                    min(top, len(gallery_feats)))
-    return Attribution(list(query_ids), list(gallery_ids), scores, indices)
+    if not 1 <= top <= len(gallery_feats):
+        raise ValueError(f"top={top} (--top): choose between 1 and the gallery's {len(gallery_feats)} images")
+    g, q = _normalised(gallery_feats), _normalised(query_feats)
+    scores, indices = _index(g, kind=index, nlist=None, nprobe=16, hnsw_m=32, seed=0).search(q, top)
+    result = Attribution(list(query_ids), list(gallery_ids), scores, indices)
+    if calibrator is not None:
+        result.influence, result.rest = calibrated_influence(calibrator, q, g, indices)
+    return result
+
+
+def calibrated_influence(calibrator: Calibrator, q: np.ndarray, g: np.ndarray, indices: np.ndarray, *,
+                         chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probability of each listed match over the whole gallery (unit rows ``q``, ``g``), and the rest.
+
+    Returns:
+        ``(influence (Q, top), rest (Q,))``; an index of -1 (no match) gets 0.
+    """
+    import torch
+
+    influence = np.zeros(indices.shape, dtype=np.float64)
+    with torch.no_grad():
+        for lo in range(0, len(q), chunk):
+            p = calibrator(torch.from_numpy(q[lo:lo + chunk] @ g.T)).double().numpy()
+            idx = indices[lo:lo + chunk]
+            influence[lo:lo + chunk] = np.where(idx >= 0, np.take_along_axis(p, idx.clip(0), 1), 0.0)
+    return influence, 1.0 - influence.sum(axis=1)
 
 
 def _thumbnail(path: Path, size: int) -> str:
@@ -135,7 +183,12 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
     def path(id_: str) -> Path:
         return Path(image_root) / id_ if image_root is not None and not Path(id_).is_absolute() else Path(id_)
 
-    rows = [(q, [(result.gallery_ids[j], float(s)) for j, s in zip(result.indices[i], result.scores[i])
+    soft = result.influence is not None
+
+    def label(i: int, r: int) -> str:  # the score, and the influence with a calibrator
+        return f"{result.scores[i, r]:.3f}" + (f" · {result.influence[i, r]:.0%}" if soft else "")
+
+    rows = [(q, [(result.gallery_ids[j], label(i, r)) for r, j in enumerate(result.indices[i])
                  if j >= 0][:max_matches]) for i, q in enumerate(result.query_ids[:max_queries])]
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".html":
@@ -145,7 +198,7 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
                    f"{html.escape(Path(q).name)}</td>"]
             tds += [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(g), size)}"'
                     f'{FRAME_HTML if g in marked.get(q, ()) else ""}><br>#{r + 1} '
-                    f"{s:.3f}<br>{html.escape(Path(g).name)}</td>" for r, (g, s) in enumerate(matches)]
+                    f"{s}<br>{html.escape(Path(g).name)}</td>" for r, (g, s) in enumerate(matches)]
             cells.append(f"<tr>{''.join(tds)}</tr>")
         out.write_text("<!doctype html><meta charset='utf-8'><title>ada attribute</title>"
                        "<style>td{text-align:center;font:11px sans-serif;padding:4px}</style>"
@@ -162,7 +215,7 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_frame_on(False)
-        for ax, (img_id, title) in zip(ax_row, [(q, "query")] + [(g, f"#{r + 1}  {s:.3f}")
+        for ax, (img_id, title) in zip(ax_row, [(q, "query")] + [(g, f"#{r + 1}  {s}")
                                                                for r, (g, s) in enumerate(matches)]):
             ax.imshow(load_image(path(img_id)))
             ax.set_title(title, fontsize=8)
@@ -171,7 +224,8 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
                 for spine in ax.spines.values():
                     spine.set(color=FRAME_COLOUR, linewidth=4, visible=True)
     legend = " (framed: highlighted matches)" if marked else ""
-    fig.suptitle(f"Queries (left) and their nearest gallery images (cosine similarity){legend}")
+    what = "cosine similarity · calibrated influence" if soft else "cosine similarity"
+    fig.suptitle(f"Queries (left) and their nearest gallery images ({what}){legend}")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
