@@ -91,3 +91,29 @@ def test_cli_embed_eval_attribute(tmp_path, monkeypatch, capsys):
         other = TinyEncoder()
         other.spec = {**other.spec, "image_size": 32}
         _run(["attribute", "--gallery", str(tmp_path / "g"), "--query", str(query)], monkeypatch, other)
+
+
+def test_cli_attribute_prints_calibrated_influence(tmp_path, monkeypatch, capsys):
+    """--calibrator: an influence column and the rest per query; one fitted for another encoder is refused."""
+    from ada_utils.calibration import Calibrator
+    from ada_utils.eval.calibrate import save_calibrator
+
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    root = tmp_path / "root"
+    _mini_root(root, np.random.default_rng(2))
+    enc = TinyEncoder()
+    gallery = root / "dataset" / "laion_subset"
+    query = gallery / "0000001.png"
+    abc_file = tmp_path / "dino_tuned.pth"  # AbC's format: no record of the encoder
+    save_calibrator(abc_file, Calibrator(20.0, -10.0), {}).with_suffix(".json").unlink()
+    argv = ["attribute", "--gallery", str(gallery), "--query", str(query), "--top", "2",
+            "--out", str(tmp_path / "a.json")]
+    assert _run([*argv, "--calibrator", str(abc_file)], monkeypatch, enc) == 0
+    out = capsys.readouterr().out
+    assert "no record of the encoder" in out and "not in the top 2:" in out
+    rows = json.loads((tmp_path / "a.json").read_text())
+    rest = next(iter(rows["rest"].values()))
+    assert 0 <= rest <= 1 and sum(r["influence"] for r in rows["rows"]) == pytest.approx(1 - rest)
+    ours = save_calibrator(tmp_path / "ours.pth", Calibrator(20.0, -10.0), {"encoder": {"name": "other"}, "dim": 8})
+    with pytest.raises(ValueError, match=r"ours\.pth: fitted for encoder 'other'"):
+        _run([*argv, "--calibrator", str(ours)], monkeypatch, enc)

@@ -219,7 +219,7 @@ def _calibrator(args: argparse.Namespace, encoder, *, dim: int):
     path = cache_dir() / "calibrators" / f"{encoder.name}-{data.fingerprint(with_pairs=False)[:16]}.pth"
     save_calibrator(path, cal, {"fit": "label_free", "pseudo": "mutual", "encoder": encoder.spec, "dim": dim,
                                 "data_root": args.calibrate_on.name, "train_pool": data.source})
-    print(f"label-free calibrator (inv_tau {float(cal.inv_tau):.2f}, bias {float(cal.bias):.2f}) fitted on "
+    print(f"label-free calibrator (inv_tau {cal.inv_tau.item():.2f}, bias {cal.bias.item():.2f}) fitted on "
           f"{len(data.feats):,} unlabelled training images of {args.calibrate_on.name}; saved to {path}")
     return cal
 

@@ -40,7 +40,7 @@ def run_variant(cfg: TrainConfig, data: TrainData, bf: BenchmarkFeatures, out_di
 
     Returns:
         ``{"cells": evaluate-format metrics, "per_query": per_query_metrics, "seconds": training time,
-        "steps": int}``.
+        "steps": int, "run": the run folder's name}``.
     """
     res = train(cfg, data, out_dir, overwrite=True, progress=progress)
     real_map, synth_map = feature_maps(res.model)
@@ -48,7 +48,7 @@ def run_variant(cfg: TrainConfig, data: TrainData, bf: BenchmarkFeatures, out_di
     cells = cell_means(pq)
     write_json(Path(out_dir) / "metrics.json", {"cells": cells, "config": dataclasses.asdict(cfg),
                                                 "train_seconds": res.seconds, "steps": res.steps})
-    return {"cells": cells, "per_query": pq, "seconds": res.seconds, "steps": res.steps}
+    return {"cells": cells, "per_query": pq, "seconds": res.seconds, "steps": res.steps, "run": Path(out_dir).name}
 
 
 def summary_row(res: dict) -> dict[str, float]:
@@ -73,7 +73,8 @@ class Ablations:
     done: dict[tuple, dict] = field(default_factory=dict, repr=False)
 
     def run(self, name: str, *, seed: int | None = None, **overrides: Any) -> dict:
-        """Train + evaluate ``base`` with ``overrides`` (cached by the full configuration); see run_variant."""
+        """Train + evaluate ``base`` with ``overrides`` (cached by the full configuration: a configuration met
+        again under another name keeps its first run folder, named in the result's ``run``); see run_variant."""
         cfg = dataclasses.replace(self.base, seed=self.base.seed if seed is None else seed, **overrides)
         key = tuple(sorted(dataclasses.asdict(cfg).items()))
         if key not in self.done:

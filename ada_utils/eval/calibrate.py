@@ -172,7 +172,7 @@ def calibration_study(data: TrainData, bf: BenchmarkFeatures, maps: Sequence[tup
     params = []
     for real_map, synth_map in maps:
         cals = fit_three(data, real_map, synth_map, tau=tau, pseudo=pseudo, seed=seed)
-        params.append({f: {"inv_tau": float(c.inv_tau.detach()), "bias": float(c.bias.detach())} for f, c in cals.items()})
+        params.append({f: {"inv_tau": c.inv_tau.item(), "bias": c.bias.item()} for f, c in cals.items()})
         for f, c in cals.items():
             measures[f].append(cell_measures(c, bf, real_map, synth_map))
     cells = list(measures["fixed"][0])
@@ -209,8 +209,8 @@ def target_lines(study: dict) -> list[str]:
         "Label-free NLL within 10 % of the supervised calibrator's on the unseen-object and style cells: "
         f"{word[all(r <= 1.10 for r in ratio.values())]} (ratios "
         + ", ".join(f"`{c}` {r:.2f}" for c, r in ratio.items()) + ").",
-        f"ECE of the label-free calibrator at most 0.05 on the object cells: {word[all(e <= 0.05 for e in ece.values())]}"
-        " (" + ", ".join(f"`{c}` {e:.3f}" for c, e in ece.items()) + ").",
+        "ECE of the label-free calibrator at most 0.05 on the object cells: "
+        f"{word[all(e <= 0.05 for e in ece.values())]} (" + ", ".join(f"`{c}` {e:.3f}" for c, e in ece.items()) + ").",
     ]
 
 
@@ -222,7 +222,7 @@ def save_calibrator(path: str | Path, cal: Calibrator, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().float().clone() for k, v in cal.state_dict().items()}, path)
-    write_json(path.with_suffix(".json"), {**meta, "inv_tau": float(cal.inv_tau.detach()), "bias": float(cal.bias.detach())})
+    write_json(path.with_suffix(".json"), {**meta, "inv_tau": cal.inv_tau.item(), "bias": cal.bias.item()})
     return path
 
 
