@@ -158,7 +158,7 @@ def calibrated_influence(calibrator: Calibrator, q: np.ndarray, g: np.ndarray, i
             p = calibrator(torch.from_numpy(q[lo:lo + chunk] @ g.T)).double().numpy()
             idx = indices[lo:lo + chunk]
             influence[lo:lo + chunk] = np.where(idx >= 0, np.take_along_axis(p, idx.clip(0), 1), 0.0)
-    return influence, 1.0 - influence.sum(axis=1)
+    return influence, np.clip(1.0 - influence.sum(axis=1), 0.0, 1.0)  # no -0.0 from rounding
 
 
 def _thumbnail(path: Path, size: int) -> str:
@@ -190,11 +190,12 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
 
     rows = [(q, [(result.gallery_ids[j], label(i, r)) for r, j in enumerate(result.indices[i])
                  if j >= 0][:max_matches]) for i, q in enumerate(result.query_ids[:max_queries])]
+    heads = [f"query · rest {rest:.0%}" for rest in result.rest] if soft else ["query"] * len(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".html":
         cells = []
-        for q, matches in rows:
-            tds = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(q), size)}"><br><b>query</b><br>'
+        for (q, matches), head in zip(rows, heads):
+            tds = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(q), size)}"><br><b>{head}</b><br>'
                    f"{html.escape(Path(q).name)}</td>"]
             tds += [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(g), size)}"'
                     f'{FRAME_HTML if g in marked.get(q, ()) else ""}><br>#{r + 1} '
@@ -210,12 +211,12 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
 
     ncols = 1 + max(len(m) for _, m in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(1.5 * ncols, 1.7 * len(rows)), squeeze=False)
-    for ax_row, (q, matches) in zip(axes, rows):
+    for ax_row, (q, matches), head in zip(axes, rows, heads):
         for ax in ax_row:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_frame_on(False)
-        for ax, (img_id, title) in zip(ax_row, [(q, "query")] + [(g, f"#{r + 1}  {s}")
+        for ax, (img_id, title) in zip(ax_row, [(q, head)] + [(g, f"#{r + 1}  {s}")
                                                                for r, (g, s) in enumerate(matches)]):
             ax.imshow(load_image(path(img_id)))
             ax.set_title(title, fontsize=8)
@@ -224,8 +225,9 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
                 for spine in ax.spines.values():
                     spine.set(color=FRAME_COLOUR, linewidth=4, visible=True)
     legend = " (framed: highlighted matches)" if marked else ""
-    what = "cosine similarity · calibrated influence" if soft else "cosine similarity"
-    fig.suptitle(f"Queries (left) and their nearest gallery images ({what}){legend}")
+    what = (f"cosine similarity · calibrated influence;\nrest: influence outside the top {result.indices.shape[1]}"
+            if soft else "cosine similarity")
+    fig.suptitle(f"Queries (left) and their nearest gallery images ({what}){legend}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
