@@ -86,8 +86,9 @@ def test_decode_reports_every_bad_image_at_once(tmp_path, capsys, monkeypatch):
     (root / names[3]).write_text("not an image")  # not an image
     Image.new("L", (64, 64)).save(root / names[4])  # a decompression bomb under a lowered limit
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    code, _ = _ada(capsys, "data", "check", "--data-root", str(root), "dataset/json/test_case.json")
-    assert code == 0  # the files exist: without --decode nothing is opened
+    code, err = _ada(capsys, "data", "check", "--data-root", str(root), "dataset/json/test_case.json")
+    assert code == 1  # without --decode nothing is opened, but an empty file is named (a stat each)
+    assert "1 image file(s) are empty" in err and "/s2.png" in err and "/s1.png" not in err
     code, err = _ada(capsys, "data", "check", "--data-root", str(root), "dataset/json/test_case.json", "--decode",
                      "--workers", "1")
     assert code == 1 and "4 of 6 image(s) do not decode" in err
@@ -174,6 +175,21 @@ def test_bad_image_and_zero_distractors_in_eval(tiny_root, tmp_path, capsys):
     first.write_bytes(first.read_bytes()[:200])
     code, err = _ada(capsys, "eval", "--data-root", str(root), "--distractors", "5", "--image-size", "32")
     assert code == 2 and str(first) in err and "cannot decode" in err and "Traceback" not in err
+
+
+def test_eval_takes_a_1x1_image_and_names_an_empty_distractor_folder_and_a_broken_json(tmp_path, capsys):
+    root = _root(tmp_path, ["dataset/exemplar/a.png"], ["dataset/synth/s.png"])
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(root / "dataset" / "exemplar" / "a.png")
+    assert _ada(capsys, "eval", "--data-root", str(root), "--image-size", "32")[0] == 0
+    (root / "dataset" / "laion_subset" / "000000.png").unlink()
+    code, err = _ada(capsys, "eval", "--data-root", str(root), "--image-size", "32")
+    assert code == 2 and "the distractor folder holds no images" in err and "Traceback" not in err
+    (root / "dataset" / "json" / "test_case.json").write_text('[{"exemplar": ')
+    code, err = _ada(capsys, "eval", "--data-root", str(root), "--image-size", "32")
+    assert code == 2 and "test_case.json: not valid JSON at line 1" in err
+    if not torch.cuda.is_available():
+        code, err = _ada(capsys, "embed", str(root / "dataset" / "exemplar"), "--device", "cuda")
+        assert code == 2 and "--device cuda" in err and "--device cpu" in err
 
 
 # ----------------------------------------------------------------------------- --on-error skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -67,6 +68,17 @@ def test_features_match_a_direct_forward_and_are_reused(images, tmp_path):
     again = embed_images(enc, images, cache=tmp_path / "c", progress=False)
     assert enc.calls == calls and np.array_equal(again.feats, out.feats)
     assert load_features(tmp_path / "c").ids == out.ids
+
+
+def test_default_chunks_keep_most_of_an_interrupted_short_list(images, tmp_path):
+    """A few hundred images (one 1,024-image chunk before) now make 16-ish resumable chunks of at least 64."""
+    paths = images * 20  # 140 rows
+    crashing = TinyEncoder(fail_after=40)  # dies in the 41st batch of 2: 80 rows embedded
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(crashing, paths, ids=[str(i) for i in range(140)], cache=tmp_path / "c", batch_size=2,
+                     progress=False)
+    assert json.loads((tmp_path / "c" / "progress.json").read_text())["chunk_size"] == 64
+    assert sorted(p.name for p in (tmp_path / "c" / "chunks").glob("*.npy")) == ["000000.npy"]  # rows 0-63 kept
 
 
 def test_resumes_after_an_interruption(images, tmp_path):

@@ -53,13 +53,14 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{'test case':<28}{'prompt':<10}{'models':>8}{'exemplars':>11}{'queries':>9}")
         for r in rows:
             print(f"{r['test_case']:<28}{r['prompt_type']:<10}{r['models']:>8}{r['exemplars']:>11}{r['queries']:>9}")
-    return _decode_all(args) if args.decode else 0
+    groups = _listed_images(args)
+    return _decode_all(groups, workers=args.workers) if args.decode else _empty_files(groups)
 
 
-def _decode_all(args: argparse.Namespace) -> int:
-    """``--decode``: decode every listed image (and the first --distractors distractors); report every failure."""
-    from ada_utils.data.abc import MAX_LISTED, list_distractors, listed, load_test_case
-    from ada_utils.data.checks import json_file, undecodable
+def _listed_images(args: argparse.Namespace) -> dict[str, list[Path]]:
+    """The images each named JSON lists (exemplars and queries), and the first --distractors distractors."""
+    from ada_utils.data.abc import list_distractors, load_test_case
+    from ada_utils.data.checks import json_file
 
     root, groups = Path(args.root), {}
     for name in args.json:
@@ -68,9 +69,31 @@ def _decode_all(args: argparse.Namespace) -> int:
         groups[str(path)] = case.exemplar_paths + [p for q in case.queries.values() for p in q]
     if args.distractors:
         groups["distractors"] = list_distractors(root, n=args.distractors)
+    return groups
+
+
+def _empty_files(groups: dict[str, list[Path]]) -> int:
+    """Without --decode: the files exist; flag the empty ones (a stat each) and say how to check the rest."""
+    from ada_utils.data.abc import listed
+
+    empty = {source: [p for p in paths if p.stat().st_size == 0] for source, paths in groups.items()}
+    for source, files in empty.items():
+        if files:
+            print(f"{source}: {len(files)} image file(s) are empty (interrupted downloads?):\n  {listed(files)}",
+                  file=sys.stderr)
+    print("images were not opened: add --decode to decode every one (truncated or corrupt files, bombs)",
+          file=sys.stderr)
+    return 1 if any(empty.values()) else 0
+
+
+def _decode_all(groups: dict[str, list[Path]], *, workers: int) -> int:
+    """``--decode``: decode every listed image (and the first --distractors distractors); report every failure."""
+    from ada_utils.data.abc import MAX_LISTED, listed
+    from ada_utils.data.checks import undecodable
+
     failed = 0
     for source, paths in groups.items():
-        bad = undecodable(paths, workers=args.workers)
+        bad = undecodable(paths, workers=workers)
         failed += len(bad)
         if bad:
             print(f"{source}: {len(bad)} of {len(paths)} image(s) do not decode (first {min(len(bad), MAX_LISTED)} "

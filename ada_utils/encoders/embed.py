@@ -88,7 +88,7 @@ def _short_hash(obj: Any) -> str:
 def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str | Path | None = None,
                  ids: Sequence[str] | None = None, transform: Callable | None = None,
                  transform_key: str | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
-                 chunk_size: int = 1024, progress: bool = True, rank: int | None = None,
+                 chunk_size: int | None = None, progress: bool = True, rank: int | None = None,
                  world_size: int | None = None, timeout: float = 24 * 3600, on_error: OnError = "raise") -> Features:
     """Embed every image once (or load the cache): features (N, D) float32 in the order of ``paths``.
 
@@ -103,7 +103,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
         seed: with a transform, image i is transformed under ``torch.manual_seed(seed + i)`` (resumable,
             independent of workers and ranks).
         batch_size, num_workers: DataLoader settings.
-        chunk_size: images per resumable chunk.
+        chunk_size: images per resumable chunk (default: a sixteenth of the list, between 64 and 1024, so that an
+            interrupted run of any length keeps most of what it embedded).
         progress: tqdm bar over images.
         rank, world_size: this process's share (default: the process group's, else ``RANK``/``WORLD_SIZE``,
             else 0 and 1).
@@ -126,6 +127,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     ids = [Path(p).as_posix() for p in paths] if ids is None else [str(i) for i in ids]
     if len(ids) != len(paths):
         raise ValueError(f"ids: {len(ids)} ids for {len(paths)} paths")
+    chunk_size = chunk_size or min(1024, max(64, -(-len(paths) // 16)))
     if rank is None or world_size is None:
         from ada_utils.distributed import rank_and_world
 

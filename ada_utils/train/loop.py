@@ -259,8 +259,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
-            if _exploded(model, start_peak):
-                raise _failed(cfg, step, value, f"a weight became NaN/inf or grew {GROWTH:g}-fold", out_dir, header,
+            blown = _exploded(model, start_peak)
+            if blown:
+                raise _failed(cfg, step, value, f"{blown} in this step's update", out_dir, header,
                               writer)
             rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(lrs[step]), "loss": value,
                    **parts}
@@ -304,10 +305,15 @@ def _peak(model: torch.nn.Module) -> float:
     return float(torch.stack(peaks).max()) if peaks else 0.0
 
 
-def _exploded(model: torch.nn.Module, start_peak: float) -> bool:
-    """True when a trainable weight is NaN/inf or ``GROWTH`` times the largest one at the start."""
+def _exploded(model: torch.nn.Module, start_peak: float) -> str:
+    """Which weight check fired ("" when none): a trainable weight is NaN/inf, or ``GROWTH`` times the largest one
+    at the start."""
     peak = _peak(model)
-    return not math.isfinite(peak) or peak > GROWTH * max(start_peak, 1e-3)
+    if not math.isfinite(peak):
+        return "a weight became NaN/inf"
+    if peak > GROWTH * max(start_peak, 1e-3):
+        return f"the largest weight grew {peak / max(start_peak, 1e-3):.3g}-fold (limit {GROWTH:g})"
+    return ""
 
 
 def _stuck(log: list[dict], value: float, done: int) -> bool:
