@@ -76,7 +76,7 @@ def test_default_chunks_keep_most_of_an_interrupted_short_list(images, tmp_path)
     crashing = TinyEncoder(fail_after=40)  # dies in the 41st batch of 2: 80 rows embedded
     with pytest.raises(KeyboardInterrupt):
         embed_images(crashing, paths, ids=[str(i) for i in range(140)], cache=tmp_path / "c", batch_size=2,
-                     progress=False)
+                     progress=False, streams=1)
     assert json.loads((tmp_path / "c" / "progress.json").read_text())["chunk_size"] == 64
     assert sorted(p.name for p in (tmp_path / "c" / "chunks").glob("*.npy")) == ["000000.npy"]  # rows 0-63 kept
 
@@ -85,12 +85,39 @@ def test_resumes_after_an_interruption(images, tmp_path):
     ref = embed_images(TinyEncoder(), images, cache=tmp_path / "ref", batch_size=2, chunk_size=3, progress=False)
     crashing = TinyEncoder(fail_after=3)  # chunk 0 = 2 batches done, chunk 1 dies in its 2nd batch
     with pytest.raises(KeyboardInterrupt):
-        embed_images(crashing, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False)
+        embed_images(crashing, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False, streams=1)
     assert sorted(p.name for p in (tmp_path / "c" / "chunks").glob("*.npy")) == ["000000.npy"]
     resumed = TinyEncoder()
-    out = embed_images(resumed, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False)
+    out = embed_images(resumed, images, cache=tmp_path / "c", batch_size=2, chunk_size=3, progress=False,
+                       streams=1)
     assert resumed.calls == 3  # chunk 1 (2 batches) + chunk 2 (1 batch); chunk 0 was not recomputed
     np.testing.assert_array_equal(out.feats, ref.feats)
+
+
+def test_concurrent_streams_give_the_same_features_and_keep_finished_chunks(images, tmp_path):
+    """Two chunks at a time (one torch thread each): the same bits as one stream, plain and seeded views; an
+    interruption keeps the chunks that finished, and the resumed cache equals the uninterrupted one."""
+    aug = transforms.Compose([transforms.RandomResizedCrop(16, scale=(0.3, 1.0)), transforms.ToTensor()])
+    paths, plain = images * 6, None  # 42 rows, 14 chunks of 3
+    for kw in ({}, {"transform": aug, "transform_key": "rrc16", "seed": 3}):
+        one = embed_images(TinyEncoder(), paths, ids=range(42), cache=tmp_path / f"one{len(kw)}", batch_size=2,
+                           chunk_size=3, progress=False, streams=1, **kw)
+        two = embed_images(TinyEncoder(), paths, ids=range(42), cache=tmp_path / f"two{len(kw)}", batch_size=2,
+                           chunk_size=3, progress=False, streams=2, **kw)
+        np.testing.assert_array_equal(one.feats, two.feats)
+        plain = one if plain is None else plain
+    threads = torch.get_num_threads()
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(TinyEncoder(fail_after=12), paths, ids=range(42), cache=tmp_path / "c", batch_size=2,
+                     chunk_size=3, progress=False, streams=2)
+    assert torch.get_num_threads() == threads  # restored after the interruption
+    kept = len(list((tmp_path / "c" / "chunks").glob("*.npy")))
+    assert 4 <= kept < 14  # 12 batches of 2 = at least 4 whole chunks; the chunks not started were dropped
+    resumed = TinyEncoder()
+    out = embed_images(resumed, paths, ids=range(42), cache=tmp_path / "c", batch_size=2, chunk_size=3,
+                       progress=False, streams=2)
+    assert resumed.calls == 2 * (14 - kept)
+    np.testing.assert_array_equal(out.feats, plain.feats)
 
 
 def test_other_encoder_or_list_in_the_same_cache_is_an_error(images, tmp_path):
@@ -110,6 +137,26 @@ def test_default_cache_location_separates_encoders(images, tmp_path, monkeypatch
     a = embed_images(TinyEncoder(), images, progress=False)
     b = embed_images(TinyEncoder(seed=1), images, progress=False)
     assert a.path != b.path and a.path.parent.parent == tmp_path / "work" / "cache" / "features"
+
+
+def test_a_new_list_embeds_only_the_images_no_other_list_holds(images, tmp_path, monkeypatch):
+    """Lists sharing files under one encoder: the shared rows are copied, only new files go through the model; a
+    rebuilt file (new mtime) and seeded views are embedded again."""
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "work"))
+    enc = TinyEncoder()
+    first = embed_images(enc, images[:5], batch_size=2, progress=False)
+    assert enc.images == 5 and first.manifest["rows_from_other_lists"] == 0
+    second = embed_images(enc, images[3:], batch_size=2, progress=False)
+    assert enc.images == 5 + 2 and second.manifest["rows_from_other_lists"] == 2
+    np.testing.assert_allclose(second.feats, _direct(enc, images[3:]), atol=1e-5)
+    np.testing.assert_array_equal(second.feats[:2], first.feats[3:5])
+    os.utime(images[0], ns=(1, 1))
+    embed_images(enc, images[:2], progress=False)
+    assert enc.images == 7 + 1  # images[0] changed on disk: embedded again; images[1] copied
+    aug = transforms.Compose([transforms.RandomResizedCrop(16), transforms.ToTensor()])
+    embed_images(enc, images[:3], transform=aug, transform_key="rrc", progress=False)
+    embed_images(enc, images[:2], transform=aug, transform_key="rrc", progress=False)
+    assert enc.images == 8 + 3 + 2
 
 
 def test_seeded_transform_views_are_reproducible(images, tmp_path):

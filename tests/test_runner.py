@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from ada_utils.book.profile import chapter_profile, profile_markdown
 from ada_utils.book.runner import discover, execution_order, run_notebooks
 
 
@@ -52,6 +53,9 @@ def test_reruns_only_what_changed(project: Path):
     first = run_notebooks(root=project, out_dir=out, log=lambda _: None)
     assert set(first) == {"a_first", "b_second", "c_third"}
     assert json.loads((out / "a_first.ipynb").read_text())["cells"][0]["outputs"][0]["text"] in ("a\n", ["a\n"])
+    profile = chapter_profile(out)  # papermill's per-cell seconds, read back
+    assert set(profile) == {"a_first", "b_second", "c_third"}
+    assert profile["a_first"]["slowest"][0]["label"] == "print('a')" and profile["a_first"]["seconds"] >= 0
     assert run_notebooks(root=project, out_dir=out, log=lambda _: None) == {}
     _write_nb(project / "notebooks", "b_second", ["a_first"], "print('b2')")
     assert set(run_notebooks(root=project, out_dir=out, log=lambda _: None)) == {"b_second", "c_third"}
@@ -80,3 +84,21 @@ def test_book_recomputes_runs_that_chapters_would_resume():
     assert book_parameters(nbs / "03_train.ipynb", {"scale": "tiny"}) == {"overwrite": True, "scale": "tiny"}
     assert book_parameters(nbs / "03_train.ipynb", {"overwrite": False}) == {"overwrite": False}
     assert book_parameters(nbs / "00_data.ipynb", {}) == {}
+
+
+def test_profile_tables_put_runs_side_by_side(tmp_path):
+    """The reproducibility page's clean-clone tables: one column per run, install + chapters + HTML = total."""
+    def run(label, commit, seconds):
+        return {"label": label, "commit": commit, "date": "2026-11-27", "hardware": "CPU: 2 cores x86_64",
+                "install_s": 200.0, "book_s": sum(seconds.values()) + 30.0, "notebooks": seconds,
+                "profile": {n: {"seconds": s, "slowest": [{"cell": 3, "label": "x = a | b", "seconds": s}]}
+                            for n, s in seconds.items()}}
+    path = tmp_path / "book-cpu2.json"
+    assert "No clean-clone measurement yet" in profile_markdown(path)
+    path.write_text(json.dumps({"runs": [run("before", "a" * 40, {"00_data": 100.0, "04_ablations": 700.0}),
+                                         run("after", "b" * 40, {"00_data": 90.0, "04_ablations": 300.0})]}))
+    text = profile_markdown(path)
+    assert "| `04_ablations` | 700 s | 300 s |" in text
+    assert "| **total, from `git clone`** | **17.2 min** | **10.3 min** |" in text  # 200 + 830 s, 200 + 420 s
+    assert "| HTML (jupyter-book) and photos | 30 s | 30 s |" in text and "x = a \\| b" in text
+

@@ -19,6 +19,7 @@ from ada_utils.cca import CCAModel
 
 if TYPE_CHECKING:
     from ada_utils.encoders.backbones import Encoder
+    from ada_utils.train.config import TrainConfig
     from ada_utils.encoders.features import BenchmarkFeatures
     from ada_utils.train.data import TrainData
 
@@ -90,19 +91,46 @@ def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Pat
     return run, str(run.relative_to(runs.parent))
 
 
+def _default_config(name: str, *, seed: int, train_params: dict, epochs: int | None) -> TrainConfig:
+    """The ``TrainConfig`` of a head this chapter would fit itself: the defaults with ``train_params``."""
+    from ada_utils.train.config import TrainConfig
+
+    extra = {"epochs": epochs} if epochs else {}
+    return TrainConfig.from_dict({**train_params, "method": name, "seed": seed, **extra})
+
+
+def _ablation_run(name: str, *, seed: int, train_params: dict, epochs: int | None, root: Path,
+                  folder: Path) -> Path | None:
+    """A finished ``04_ablations`` run of exactly the configuration this chapter would fit, on this benchmark.
+
+    Chapter 04 trains every method (its final comparison) with the defaults; reading its run instead of fitting
+    the same head again is what its ``needs`` entry is for.
+    """
+    from ada_utils.files import read_json
+    from ada_utils.train.config import TrainConfig
+
+    summary = folder / "summary.json"
+    if not summary.is_file() or read_json(summary).get("data_root") != root.name:
+        return None
+    want = _default_config(name, seed=seed, train_params=train_params, epochs=epochs)
+    for run in sorted(p for p in folder.iterdir() if (p / "head.safetensors").is_file()):
+        saved = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+        if saved.get("status") == "finished" and TrainConfig.from_dict(saved.get("config", {})) == want:
+            return run
+    return None
+
+
 def _fallback_maps(name: str, pool: TrainData, *, seed: int, train_params: dict, out: Path, epochs: int | None,
                    encoder: Encoder, root: Path) -> tuple[FeatureMap, FeatureMap]:
-    """Train the head of ``name`` here (TrainConfig defaults) when 03_train has no usable run.
+    """Train the head of ``name`` here (TrainConfig defaults) when neither 03_train nor 04_ablations has it.
 
     ``pool`` has no augmented views; the closed-form ``ada`` fit pairs each image with its views, so for it the
     pool is embedded again with ``TrainConfig``'s views (``encoder``, ``root``; cached by ``embed_images``).
     """
-    from ada_utils.train.config import TrainConfig
     from ada_utils.train.data import training_data
     from ada_utils.train.loop import feature_maps, train
 
-    extra = {"epochs": epochs} if epochs else {}
-    cfg = TrainConfig.from_dict({**train_params, "method": name, "seed": seed, **extra})
+    cfg = _default_config(name, seed=seed, train_params=train_params, epochs=epochs)
     if cfg.closed_form_ada and cfg.alignment in ("views", "both") and pool.views is None:
         pool = training_data(encoder, root, n_views=max(cfg.n_views, 1), augment=cfg.augment, with_pairs=True)
     result = train(cfg, pool, out / f"{name}-seed{seed}", overwrite=True, progress=False)
@@ -116,7 +144,8 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
 
     ``random``: random-init backbone (at ``random_image_size`` px if given: smoke runs use a small size, the
     CPU forward pass being the cost); ``pretrained``: the backbone as is; any other name is a ``03_train``
-    method whose head is read from ``runs/03_train/<name>-seed<seed>/`` (or trained into ``fallback``).
+    method whose head is read from ``runs/03_train/<name>-seed<seed>/``, else from the ``04_ablations`` run of the
+    same configuration, else trained into ``fallback``.
     """
     from ada_utils.project import runs_dir, set_seed
     from ada_utils.encoders.backbones import load_encoder
@@ -142,6 +171,10 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
         maps, source = (None, None), "none"
         if name in runs:
             run, source = runs[name]
+            if run is None:
+                run = _ablation_run(name, seed=seed, train_params=params, epochs=fallback_epochs, root=root,
+                                    folder=runs_dir() / "04_ablations")
+                source = f"{source}, no 04_ablations run" if run is None else str(run.relative_to(runs_dir()))
             if run is not None:
                 maps = feature_maps(run)
             else:

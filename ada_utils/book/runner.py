@@ -171,3 +171,18 @@ def copy_findings(out_dir: Path) -> Path:
     dst.write_text(src.read_text() if src.is_file() else
                    "*The findings appear here once the results chapter has run (`make book`).*\n")
     return dst
+
+
+def write_profile(out_dir: Path) -> Path:
+    """Render the committed clean-clone measurements (``bench/results/book-cpu*.json``) and the result diff of
+    ``bench/compare_runs.py`` (``book-compare.json``) to ``<out_dir>/profile.md``, which the reproducibility page
+    includes."""
+    from ada_utils.book.profile import compare_markdown, profile_markdown
+
+    results = repo_root() / "bench" / "results"
+    found = sorted(results.glob("book-cpu*.json")) or [results / "book-cpu2.json"]
+    dst = out_dir / "profile.md"
+    compared = compare_markdown(results / "book-compare.json")
+    dst.write_text("\n".join(profile_markdown(f) for f in found) + ("\n" + compared if compared else ""))
+    return dst
+

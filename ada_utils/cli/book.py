@@ -22,13 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _book(args: argparse.Namespace) -> int:
-    from ada_utils.book.runner import copy_findings, run_notebooks, write_timings
+    from ada_utils.book.runner import copy_findings, run_notebooks, write_profile, write_timings
 
     root = repo_root()
     start = time.perf_counter()
     times = run_notebooks(params=args.params, only=args.only, force=args.force)
     write_timings(root / "executed", times)
     copy_findings(root / "executed")
+    write_profile(root / "executed")
     if args.no_html:
         return 0
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "-W", "-n", "--keep-going"]

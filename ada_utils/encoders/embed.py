@@ -9,7 +9,10 @@ bad image, then ran on a corrected list) are removed once idle for six hours (:f
 ``torchrun`` (``RANK``/``WORLD_SIZE``, read through ``ada_utils.distributed``) every rank embeds chunks
 ``rank, rank + world_size, ...`` into the same (shared) folder and rank 0 merges them; the ranks meet through files
 only, so no process group is needed.
-Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits).
+Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits):
+a complete cache of the default tree also stores ``sources.json`` (each row's resolved file, size and modification
+time), and a new image list under the same encoder and plain preprocessing copies the rows that a sibling cache
+already holds instead of embedding them again (seeded views are not shared: view i of a list is seeded by i).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +94,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
                  ids: Sequence[str] | None = None, transform: Callable | None = None,
                  transform_key: str | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
                  chunk_size: int | None = None, progress: bool = True, rank: int | None = None,
-                 world_size: int | None = None, timeout: float = 24 * 3600, on_error: OnError = "raise") -> Features:
+                 world_size: int | None = None, timeout: float = 24 * 3600, on_error: OnError = "raise",
+                 streams: int | None = None) -> Features:
     """Embed every image once (or load the cache): features (N, D) float32 in the order of ``paths``.
 
     Args:
@@ -112,6 +118,9 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
         on_error: ``"raise"``: an image that does not decode stops the run, naming the file. ``"skip"``: its row
             is NaN and its id is listed in the manifest's ``skipped`` (:attr:`Features.skipped`); the caller
             leaves it out.
+        streams: chunks embedded at once on a CPU, each in its own thread with one torch thread, so that every
+            core decodes and runs the model (None: one per torch thread; always 1 on a GPU). One torch thread
+            gives the same features, bit for bit, as several (tests/test_embed.py).
 
     Returns:
         :class:`Features`; ``feats`` is a read-only memory map of ``feats.npy``.
@@ -160,16 +169,23 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     mine = [c for c in range(rank, n_chunks, world_size) if not (chunk_dir / f"{c:06d}.npy").is_file()]
     dataset = _SeededDataset(ImageListDataset(paths, transform or encoder.preprocess, on_error=on_error),
                              seed if transform else None)
-    with tqdm(total=sum(min(chunk_size, len(paths) - c * chunk_size) for c in mine), desc="embedding",
-              unit="img", disable=not progress) as bar:
-        for c in mine:
-            rows = range(c * chunk_size, min((c + 1) * chunk_size, len(paths)))
-            feats = _embed_rows(encoder, dataset, rows, batch_size=batch_size, num_workers=num_workers, bar=bar)
-            _save_atomic(chunk_dir / f"{c:06d}.npy", feats)
+    sources = _sources(paths) if default_cache and transform is None else None
+    done = _embedded_elsewhere(folder, sources) if sources else {}
+    chunks = {c: range(c * chunk_size, min((c + 1) * chunk_size, len(paths))) for c in mine}
+
+    def embed_chunk(c: int, bar: tqdm) -> None:
+        new = [r for r in chunks[c] if r not in done]
+        fresh = _embed_rows(encoder, dataset, new, batch_size=batch_size, num_workers=num_workers, bar=bar)
+        _save_atomic(chunk_dir / f"{c:06d}.npy", _fill(chunks[c], new, fresh, done))
+
+    with tqdm(total=sum(r not in done for rows in chunks.values() for r in rows), desc="embedding", unit="img",
+              disable=not progress) as bar, _eval_mode(encoder):
+        n_streams = _stream_count(streams, encoder, len(chunks), num_workers)
+        _in_streams(list(chunks), lambda c: embed_chunk(c, bar), n_streams)
     if rank == 0:
         chunk_files = [chunk_dir / f"{c:06d}.npy" for c in range(n_chunks)]
         _wait(lambda: all(f.is_file() for f in chunk_files), timeout, f"the chunks of the other ranks in {chunk_dir}")
-        _merge(folder, chunk_files, ids, plan)
+        _merge(folder, chunk_files, ids, {**plan, "rows_from_other_lists": len(done)}, sources)
         if default_cache:  # the project's cache tree: clear what failed runs left beside this one
             remove_abandoned(folder.parent, keep=folder)
     else:
@@ -213,11 +229,100 @@ def remove_abandoned(parent: Path, *, keep: Path, idle_s: float = ABANDONED_S) -
     return removed
 
 
+SOURCES = "sources.json"  # one "resolved path<TAB>size<TAB>mtime_ns" per row (plain preprocessing only)
+
+
+def _sources(paths: Sequence[str | Path]) -> list[str]:
+    """What identifies each file for reuse across image lists: its resolved path, size and modification time."""
+    out = []
+    for path in paths:
+        st = os.stat(path)
+        out.append(f"{Path(path).resolve()}\t{st.st_size}\t{st.st_mtime_ns}")
+    return out
+
+
+def _embedded_elsewhere(folder: Path, sources: list[str]) -> dict[int, np.ndarray]:
+    """Rows of this list (by index) that a complete sibling cache (same encoder and preprocessing) already holds."""
+    want = {s: i for i, s in enumerate(sources)}
+    found: dict[int, np.ndarray] = {}
+    for other in sorted(folder.parent.iterdir()):
+        if other == folder or not (other / "manifest.json").is_file() or not (other / SOURCES).is_file():
+            continue
+        feats = None
+        for j, source in enumerate(read_json(other / SOURCES)):
+            i = want.get(source)
+            if i is not None and i not in found:
+                feats = load_features(other).feats if feats is None else feats
+                found[i] = feats[j]
+    return found
+
+
+def _fill(rows: range, new: list[int], fresh: np.ndarray | None, done: dict[int, np.ndarray]) -> np.ndarray:
+    """One chunk's rows: the freshly embedded ones (``new``, in order) and the others copied from ``done``."""
+    parts = dict(zip(new, fresh)) if fresh is not None else {}
+    return np.stack([parts[r] if r in parts else np.asarray(done[r]) for r in rows]).astype(np.float32, copy=False)
+
+
+def _stream_count(streams: int | None, encoder: nn.Module, n_chunks: int, num_workers: int) -> int:
+    """How many chunks run at once: ``streams`` (default: the torch thread count on a CPU; 1 on a GPU, and with
+    DataLoader workers, which already decode in parallel)."""
+    if next(encoder.parameters()).device.type != "cpu" or num_workers > 0:
+        return 1
+    return max(1, min(n_chunks, torch.get_num_threads() if streams is None else streams))
+
+
+def _in_streams(chunks: list[int], work: Callable[[int], None], streams: int) -> None:
+    """``work(c)`` for every chunk, ``streams`` at a time with one torch thread each (in order when 1).
+
+    On an error or an interruption the chunks not started are dropped; those running finish and are kept.
+    """
+    if streams == 1:
+        for c in chunks:
+            work(c)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(streams, thread_name_prefix="embed") as pool:
+            futures = [pool.submit(work, c) for c in chunks]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def _eval_mode(encoder: nn.Module) -> Iterator[None]:
+    """The encoder in eval mode for the whole embedding (restored after), not per chunk: chunks run concurrently."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        yield
+    finally:
+        encoder.train(was_training)
+
+
 class _SeededDataset(torch.utils.data.Dataset):
-    """Item i transformed under ``manual_seed(seed + i)`` (when seed is not None), without touching global RNG."""
+    """Item i transformed under ``manual_seed(seed + i)`` (when seed is not None), without touching global RNG.
+
+    The seeded transform holds a lock: the generator it forks is global, and chunks run in concurrent threads.
+    """
 
     def __init__(self, base: ImageListDataset, seed: int | None):
-        self.base, self.seed = base, seed
+        self.base, self.seed, self.lock = base, seed, threading.Lock()
+
+    def __getstate__(self) -> dict:  # DataLoader workers get a copy without the lock
+        return {"base": self.base, "seed": self.seed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["base"], state["seed"])
 
     def __len__(self) -> int:
         return len(self.base)
@@ -225,19 +330,22 @@ class _SeededDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.seed is None:
             return self.base[index]
-        with torch.random.fork_rng(devices=[]):
+        with self.lock, torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + index)
             return self.base[index]
 
 
 @torch.inference_mode()
-def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: range, *, batch_size: int, num_workers: int,
-                bar: tqdm) -> np.ndarray:
+def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: Sequence[int], *, batch_size: int,
+                num_workers: int, bar: tqdm) -> np.ndarray | None:
+    """(len(rows), D) float32 features of ``rows`` in order (None for no rows); NaN rows for undecodable images."""
+    if not len(rows):
+        return None
     device = next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
+    # Its own generator: a DataLoader draws a base seed, which must not come from the global generator that a
+    # concurrent chunk's seeded transform is using.
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
+                                         num_workers=num_workers, shuffle=False, generator=torch.Generator())
     out = []
     for batch in loader:
         feats = encoder(batch.to(device)).float().cpu().numpy()
@@ -247,7 +355,6 @@ def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: range, *, bat
                              f"expected (B, {encoder.dim})")
         out.append(feats)
         bar.update(len(batch))
-    encoder.train(was_training)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -266,8 +373,9 @@ def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict) -> None:
-    """Concatenate the chunks into ``feats.npy`` without holding two copies; manifest last; clean up."""
+def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict, sources: list[str] | None) -> None:
+    """Concatenate the chunks into ``feats.npy`` without holding two copies; ``sources.json`` (reuse by later
+    lists) and the manifest last; clean up."""
     dim = int(np.load(chunk_files[0], mmap_mode="r").shape[1])
     tmp = folder / ".feats.npy.tmp"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
@@ -281,6 +389,8 @@ def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict) ->
     del out
     os.replace(tmp, folder / "feats.npy")
     write_json(folder / "ids.json", ids)
+    if sources is not None:
+        write_json(folder / SOURCES, sources)
     write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim, "skipped": skipped,
                                           "files": {"feats": "feats.npy", "ids": "ids.json"}})
     for f in chunk_files:
