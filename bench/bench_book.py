@@ -54,13 +54,13 @@ def harvest(clone: Path, *, label: str, install_s: float, book_s: float) -> dict
 
 
 def clean_clone_run(label: str, keep: Path | None) -> dict:
-    """Clone HEAD into a temporary folder, time ``make venv`` then ``make book``, harvest, remove the clone."""
+    """Clone HEAD, time ``make venv`` then ``make book``, harvest; the clone (with its logs and ``runs/``) stays in
+    ``keep`` when given, else it is removed."""
     tmp = Path(tempfile.mkdtemp(prefix="ada-book-"))
-    clone = tmp / "ada"
+    clone = keep or tmp / "ada"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    env_logs = keep or tmp
-    install_s = _timed(["make", "venv"], clone, env_logs / "install.log")
-    book_s = _timed(["make", "book"], clone, env_logs / "book.log")
+    install_s = _timed(["make", "venv"], clone, tmp / "install.log")
+    book_s = _timed(["make", "book"], clone, tmp / "book.log")
     record = harvest(clone, label=label, install_s=install_s, book_s=book_s)
     shutil.rmtree(tmp, ignore_errors=True)
     return record
@@ -74,12 +74,15 @@ def main() -> None:
     parser.add_argument("--install-s", type=float, default=0.0, help="with --harvest: its make venv seconds")
     parser.add_argument("--book-s", type=float, default=0.0, help="with --harvest: its make book seconds")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"book-cpu{os.cpu_count()}.json")
-    parser.add_argument("--logs", type=Path, default=None, help="keep the install and book logs here")
+    parser.add_argument("--keep", type=Path, default=None, help="clone into this new folder and keep it (its runs/ "
+                        "are what bench/compare_runs.py reads); one run only")
     args = parser.parse_args()
     if args.harvest:
         records = [harvest(args.harvest, label=args.label, install_s=args.install_s, book_s=args.book_s)]
     else:
-        records = [clean_clone_run(args.label, args.logs) for _ in range(args.runs)]
+        if args.keep and args.runs != 1:
+            parser.error("--keep takes one run (--runs 1)")
+        records = [clean_clone_run(args.label, args.keep) for _ in range(args.runs)]
     old = read_json(args.out)["runs"] if args.out.is_file() else []
     write_json(args.out, {"what": "make venv + make book from git clone (bench/bench_book.py)", "runs": old + records})
     for r in records:
