@@ -24,10 +24,12 @@ photos: $(VENV)/.installed
 
 venv: $(VENV)/.installed
 
+# --no-compile: pip would byte-compile every module of every package (most never imported) on one core; Python
+# compiles the ones a notebook imports on first use instead, and keeps them.
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@echo "[setup] creating $(VENV) (about 2 minutes, 6.5 GB) ..."
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -e . 2>&1 | { grep -v -E "is ignored: it is neither|^$$" || true; }
+	$(PY) -m pip install -q --no-compile -r requirements.txt -e . 2>&1 | { grep -v -E "is ignored: it is neither|^$$" || true; }
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ada)" >/dev/null
 	touch $@
 

@@ -39,9 +39,19 @@ def work_dir() -> Path:
     return Path(os.environ["ADA_WORK"]).resolve() if os.environ.get("ADA_WORK") else repo_root()
 
 
+def shared_dir() -> Path:
+    """Where the generated benchmarks and feature caches go: ``ADA_CACHE`` when set, else :func:`work_dir`.
+
+    Only a user who asks shares them across clones (``ADA_CACHE=~/.cache/ada make book``: a second clone neither
+    rebuilds the benchmark nor embeds an image again); runs and executed notebooks stay in each clone, and a clean
+    clone without it computes everything, as a newcomer's does. Two builds must not fill one shared cache at once.
+    """
+    return Path(os.environ["ADA_CACHE"]).expanduser().resolve() if os.environ.get("ADA_CACHE") else work_dir()
+
+
 def cache_dir() -> Path:
     """Feature caches (gitignored)."""
-    return work_dir() / "cache"
+    return shared_dir() / "cache"
 
 
 def photos_dir() -> Path:
@@ -56,7 +66,7 @@ def runs_dir() -> Path:
 
 def data_dir() -> Path:
     """Generated benchmarks (gitignored)."""
-    return work_dir() / "data"
+    return shared_dir() / "data"
 
 
 def set_seed(seed: int) -> None:

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "abc"
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("ADA_CACHE", None)  # a user's shared cache stays out of the tests' private folder
 
 
 @pytest.fixture(scope="session", autouse=True)

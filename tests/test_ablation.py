@@ -96,27 +96,3 @@ def test_target_lines_count_verdicts_per_group() -> None:
     assert "at λ = 1, the best λ when fitting transductively, the head scores 0.300 vs whitening's 0.220" in lines[4]
     assert "best held-out λ: 30 (0.250)" in lines[4] and "0.245 (k = 16)" in lines[4]
     assert why.record()["lam_path"]["lam"] == [1.0, 30.0]
-
-
-def test_runs_in_worker_processes_equal_runs_in_this_one(tmp_path) -> None:
-    """Two forked single-thread workers give the same results, bit for bit, and the same run folders as one process;
-    a configuration asked for twice runs once, under its first name."""
-    from ada_utils.train import TrainConfig
-    from ada_utils.train.data import TrainData
-
-    rng = np.random.default_rng(3)
-    feats = rng.normal(size=(64, 8)).astype(np.float32)
-    data = TrainData(feats, np.repeat([0, 1], 32), (feats + 0.1 * rng.normal(size=feats.shape)).astype(np.float32)[None])
-    bench = _bench(rng)
-    base = TrainConfig(epochs=2, batch_size=32, seed=0)
-    axes = {"method": {"whiten": {"method": "whiten"}, "align": {"method": "align"}},
-            "again": {"align": {"method": "align"}, "ada": {}}}
-    tables = {}
-    for workers in (1, 2):
-        study = ablation.Ablations(base, data, bench, tmp_path / f"w{workers}", workers=workers)
-        tables[workers] = study.table(axes)
-        final = study.final(["align"], [0, 1], {})
-        assert [r["run"] for r in final["align"]] == ["method-align-seed0", "final-align-seed1"]
-        assert sorted(p.name for p in (tmp_path / f"w{workers}").iterdir()) == [
-            "again-ada-seed0", "final-align-seed1", "method-align-seed0", "method-whiten-seed0"]
-    pd.testing.assert_frame_equal(tables[1].drop(columns="train s"), tables[2].drop(columns="train s"), check_exact=True)

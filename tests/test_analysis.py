@@ -160,3 +160,15 @@ def test_analysis_chapters_refuse_a_run_that_fine_tuned_its_encoder(tmp_path) ->
         _find_run("ada", seed=0, train_params={}, root=tmp_path / "bench", runs=run.parent)
     (run / "config.json").write_text(json.dumps({"config": {"finetune": "frozen"}}))
     assert _find_run("ada", seed=0, train_params={}, root=tmp_path / "bench", runs=run.parent)[0] == run
+
+
+def test_a_shared_cache_takes_data_and_features_but_not_runs(tmp_path, monkeypatch) -> None:
+    """ADA_CACHE (asked for by the user) moves the benchmarks and feature caches; runs stay in the work folder."""
+    from ada_utils.project import cache_dir, data_dir, runs_dir
+
+    monkeypatch.setenv("ADA_WORK", str(tmp_path / "clone"))
+    assert data_dir() == tmp_path / "clone" / "data" and cache_dir() == tmp_path / "clone" / "cache"
+    monkeypatch.setenv("ADA_CACHE", str(tmp_path / "shared"))
+    assert data_dir() == tmp_path / "shared" / "data" and cache_dir() == tmp_path / "shared" / "cache"
+    assert runs_dir() == tmp_path / "clone" / "runs"
+

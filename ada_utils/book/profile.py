@@ -77,7 +77,7 @@ def profile_markdown(results: Path) -> str:
                                                           .replace("|", "\\|")
                                                           for x in top) for top in first) + " |")
     machine = {r["hardware"] for r in runs}
-    return (f"Machine: {'; '.join(sorted(machine))}. Each column is one run from `git clone` on an idle machine "
+    return (f"Machine: {'; '.join(sorted(machine))}. Each column is one run from `git clone` "
             "(`bench/bench_book.py`).\n\n" + "\n".join(lines + cells) + "\n")
 
 

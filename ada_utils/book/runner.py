@@ -173,16 +173,14 @@ def copy_findings(out_dir: Path) -> Path:
     return dst
 
 
-def write_profile(out_dir: Path) -> Path:
-    """Render the committed clean-clone measurements (``bench/results/book-cpu*.json``) and the result diff of
-    ``bench/compare_runs.py`` (``book-compare.json``) to ``<out_dir>/profile.md``, which the reproducibility page
-    includes."""
+def write_profile(out_dir: Path) -> None:
+    """Render the committed clean-clone measurements (``bench/results/book-cpu*.json``) to
+    ``<out_dir>/profile.md`` and the result diff of ``bench/compare_runs.py`` (``book-compare.json``) to
+    ``<out_dir>/compare.md``; the reproducibility page includes both."""
     from ada_utils.book.profile import compare_markdown, profile_markdown
 
     results = repo_root() / "bench" / "results"
     found = sorted(results.glob("book-cpu*.json")) or [results / "book-cpu2.json"]
-    dst = out_dir / "profile.md"
-    compared = compare_markdown(results / "book-compare.json")
-    dst.write_text("\n".join(profile_markdown(f) for f in found) + ("\n" + compared if compared else ""))
-    return dst
-
+    (out_dir / "profile.md").write_text("\n".join(profile_markdown(f) for f in found))
+    none = "*No comparison yet: run `python bench/compare_runs.py BEFORE/runs AFTER/runs`.*\n"
+    (out_dir / "compare.md").write_text(compare_markdown(results / "book-compare.json") or none)

@@ -9,7 +9,6 @@ live here too, so that the chapter holds only parameters, calls and figures.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,101 +63,37 @@ def summary_row(res: dict) -> dict[str, float]:
 class Ablations:
     """Variants of ``base`` on one training pool and one benchmark; each configuration is trained once.
 
-    Runs go to ``out_root/<name>-seed<k>/`` (config, weights, ``metrics.json``). On a CPU the configurations a
-    table or the final comparison asks for train ``workers`` at a time, each in its own process with one torch
-    thread (:func:`run_variants`): a run gives the same bits with one thread as with several, and on two cores
-    two single-thread runs finish sooner than two runs one after the other on two threads.
+    Runs go to ``out_root/<name>-seed<k>/`` (config, weights, ``metrics.json``).
     """
 
     base: TrainConfig
     data: TrainData
     bench: BenchmarkFeatures
     out_root: Path
-    workers: int | None = None  # None: one per CPU core (1 on a GPU)
     done: dict[tuple, dict] = field(default_factory=dict, repr=False)
-
-    def _config(self, seed: int | None, overrides: dict[str, Any]) -> TrainConfig:
-        return dataclasses.replace(self.base, seed=self.base.seed if seed is None else seed, **overrides)
 
     def run(self, name: str, *, seed: int | None = None, **overrides: Any) -> dict:
         """Train + evaluate ``base`` with ``overrides`` (cached by the full configuration: a configuration met
         again under another name keeps its first run folder, named in the result's ``run``); see run_variant."""
-        self.run_many([(name, seed, overrides)])
-        return self.done[_key(self._config(seed, overrides))]
-
-    def run_many(self, jobs: Sequence[tuple[str, int | None, dict[str, Any]]]) -> None:
-        """Train every ``(name, seed, overrides)`` configuration not yet done (the first name of a configuration
-        names its folder), ``workers`` at a time."""
-        todo: dict[tuple, tuple[TrainConfig, Path]] = {}
-        for name, seed, overrides in jobs:
-            cfg = self._config(seed, overrides)
-            if _key(cfg) not in self.done and _key(cfg) not in todo:
-                todo[_key(cfg)] = (cfg, self.out_root / f"{name}-seed{cfg.seed}")
-        workers = _worker_count(self.workers, self.base)
-        self.done.update(zip(todo, run_variants(list(todo.values()), self.data, self.bench, workers=workers)))
+        cfg = dataclasses.replace(self.base, seed=self.base.seed if seed is None else seed, **overrides)
+        key = tuple(sorted(dataclasses.asdict(cfg).items()))
+        if key not in self.done:
+            self.done[key] = run_variant(cfg, self.data, self.bench, self.out_root / f"{name}-seed{cfg.seed}")
+        return self.done[key]
 
     def table(self, axes: dict[str, dict[str, dict[str, Any]]]) -> pd.DataFrame:
         """One row per (axis, variant): each variant's overrides run once, summarised by :func:`summary_row`."""
-        cells = [(axis, label) for axis, variants in axes.items() for label in variants]
-        names = [f"{axis.replace(' ', '_')}-{label.replace('/', '_')}" for axis, label in cells]
-        self.run_many([(name, None, axes[a][v]) for name, (a, v) in zip(names, cells)])
-        rows = [{"axis": a, "variant": v, **summary_row(self.run(name, **axes[a][v]))}
-                for name, (a, v) in zip(names, cells)]
+        rows = []
+        for axis, variants in axes.items():
+            for label, overrides in variants.items():
+                res = self.run(f"{axis.replace(' ', '_')}-{label.replace('/', '_')}", **overrides)
+                rows.append({"axis": axis, "variant": label, **summary_row(res)})
         return pd.DataFrame(rows).set_index(["axis", "variant"])
 
     def final(self, methods: Sequence[str], seeds: Sequence[int], controls: dict[str, dict]) -> dict[str, list]:
         """Every method at every seed (``controls`` give a method's overrides; default ``{"method": m}``)."""
-        self.run_many([(f"final-{m}", s, controls.get(m, {"method": m})) for m in methods for s in seeds])
         return {m: [self.run(f"final-{m}", seed=s, **controls.get(m, {"method": m})) for s in seeds]
                 for m in methods}
-
-
-def _key(cfg: TrainConfig) -> tuple:
-    return tuple(sorted(dataclasses.asdict(cfg).items()))
-
-
-def _worker_count(workers: int | None, base: TrainConfig) -> int:
-    """Processes for the runs: ``workers``, else one per core on a CPU; 1 on a GPU, whose runs use it whole."""
-    if base.device != "cpu" or base.finetune != "frozen":
-        return 1
-    return max(1, workers if workers is not None else (os.cpu_count() or 1))
-
-
-_SHARED: tuple[TrainData, BenchmarkFeatures] | None = None  # a worker process's copy of the data
-
-
-def _start_worker(data: TrainData, bench: BenchmarkFeatures) -> None:
-    """A worker process: one torch thread (the same bits as several), the data received once."""
-    import torch
-
-    global _SHARED
-    torch.set_num_threads(1)
-    _SHARED = (data, bench)
-
-
-def _run_shared(cfg: TrainConfig, out_dir: Path) -> dict:
-    return run_variant(cfg, *_SHARED, out_dir)
-
-
-def run_variants(jobs: Sequence[tuple[TrainConfig, Path]], data: TrainData, bench: BenchmarkFeatures, *,
-                 workers: int = 1, progress: bool = True) -> list[dict]:
-    """:func:`run_variant` for every ``(cfg, out_dir)``, in order of ``jobs``; ``workers`` > 1 trains that many at
-    once in fresh processes (spawned: forking a process that has used OpenMP is unsafe), one torch thread each,
-    with a progress bar over the runs."""
-    from tqdm.auto import tqdm
-
-    if workers <= 1 or len(jobs) < 2:
-        return [run_variant(cfg, data, bench, out) for cfg, out in tqdm(jobs, desc="runs", disable=not progress or
-                                                                          not jobs)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"), initializer=_start_worker,
-                             initargs=(data, bench)) as pool:
-        futures = [pool.submit(_run_shared, cfg, out) for cfg, out in jobs]
-        for _ in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
-            pass
-        return [f.result() for f in futures]
 
 
 def seed_summary(runs: list[dict], cells: Sequence[str]) -> dict[str, dict]:
