@@ -172,3 +172,30 @@ def test_a_shared_cache_takes_data_and_features_but_not_runs(tmp_path, monkeypat
     assert data_dir() == tmp_path / "shared" / "data" and cache_dir() == tmp_path / "shared" / "cache"
     assert runs_dir() == tmp_path / "clone" / "runs"
 
+
+
+def test_analysis_chapters_read_the_04_run_of_exactly_their_configuration(tmp_path) -> None:
+    """01/02 read 04's head instead of fitting their own only when 04 trained the same configuration on the same
+    benchmark: per-domain whitening is 04's ``whiten_pd`` control, not its pooled ``whiten``."""
+    import dataclasses
+    import json
+
+    from ada_utils.analysis.features import _ablation_run
+    from ada_utils.train import TrainConfig
+
+    folder = tmp_path / "04_ablations"
+    params = {"backbone": "efficientnet_lite0", "weights": "", "image_size": 128}
+    for name, cfg in {"method-whiten-seed0": TrainConfig(method="whiten", cov_mode="pooled"),
+                      "method-whiten_pd-seed0": TrainConfig(method="whiten"),
+                      "final-align-seed1": TrainConfig(method="align", seed=1)}.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "head.safetensors").write_bytes(b"")
+        (folder / name / "config.json").write_text(json.dumps({"config": dataclasses.asdict(cfg),
+                                                               "status": "finished"}))
+    kw = {"train_params": params, "epochs": None, "root": tmp_path / "bench", "folder": folder}
+    assert _ablation_run("whiten", seed=0, **kw) is None  # no summary.json: 04 did not finish on this benchmark
+    (folder / "summary.json").write_text(json.dumps({"data_root": "bench"}))
+    assert _ablation_run("whiten", seed=0, **kw) == folder / "method-whiten_pd-seed0"
+    assert _ablation_run("align", seed=1, **kw) == folder / "final-align-seed1"
+    assert _ablation_run("align", seed=0, **kw) is None and _ablation_run("align", seed=1, **{**kw, "epochs": 1}) is None
+    assert _ablation_run("whiten", seed=0, **{**kw, "root": tmp_path / "other"}) is None

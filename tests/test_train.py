@@ -302,3 +302,28 @@ def test_log_cut_by_a_kill_and_grad_scaler_state_survive_resumption(tmp_path: Pa
     fresh = torch.amp.GradScaler("cpu")
     assert load_checkpoint(tmp_path / "ckpt.safetensors", model, opt, stepper, fresh) == 5
     assert fresh.get_scale() == 64.0
+
+
+def test_whitening_fits_are_remembered_and_equal_a_fresh_fit(tmp_path: Path, monkeypatch) -> None:
+    """Runs on the same training rows fit each whitening map once per process; every head equals, bit for bit, the
+    head of a process that fitted it afresh (ICA edits its copy in place without touching the remembered map)."""
+    from ada_utils.train import loop
+    from ada_utils.whitening import Whitening
+
+    data = _data()
+    fits = []
+    original = Whitening.fit
+    monkeypatch.setattr(Whitening, "fit", lambda self, x: fits.append(len(x)) or original(self, x))
+    configs = [TrainConfig(method="whiten"), TrainConfig(method="ica"), TrainConfig(method="whiten"),
+               TrainConfig(method="ada", lam=3.0), TrainConfig(method="ada", lam=3.0, center="pooled")]
+    heads = {}
+    for remember in (False, True):
+        loop._WHITENING.clear()
+        monkeypatch.setattr(loop, "_WHITENING_KEPT", 8 if remember else 0)
+        fits.clear()
+        heads[remember] = [{k: v.clone() for k, v in train(cfg, data, tmp_path / f"r{i}", overwrite=True,
+                                                           progress=False).model.state_dict().items()}
+                           for i, cfg in enumerate(configs)]
+        assert len(fits) == (5 if remember else 9)  # whiten per domain: 2; ica, shared: 1; then ada x2 + pooled x2
+    for fresh, kept in zip(heads[False], heads[True]):
+        assert all(torch.equal(fresh[k], kept[k]) for k in fresh)

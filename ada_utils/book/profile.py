@@ -69,10 +69,10 @@ def profile_markdown(results: Path) -> str:
     lines += [f"| {name} | {' | '.join('' if s is None else f'{s:,.0f} s' for s in vals)} |" for name, vals in rows]
     totals = [r["install_s"] + r["book_s"] for r in runs]
     lines.append("| **total, from `git clone`** | " + " | ".join(f"**{s / 60:.1f} min**" for s in totals) + " |")
-    cells = ["", "Slowest cells per chapter (seconds, cell number, its first statement after the imports):", "",
+    cells = ["", "The two slowest cells per chapter (seconds, cell number, its first statement after the imports):", "",
              "| chapter | " + " | ".join(_runs_by_label(runs)) + " |", "|---|" + "---|" * len(_runs_by_label(runs))]
     for c in chapters:
-        first = [group[0]["profile"].get(c, {}).get("slowest", []) for group in _runs_by_label(runs).values()]
+        first = [group[0]["profile"].get(c, {}).get("slowest", [])[:2] for group in _runs_by_label(runs).values()]
         cells.append(f"| `{c}` | " + " | ".join("; ".join(f"{x['seconds']:.0f} s cell {x['cell']} `{x['label']}`"
                                                           .replace("|", "\\|")
                                                           for x in top) for top in first) + " |")

@@ -21,9 +21,11 @@ Run folder (:mod:`.run_folder`): ``config.json``, ``log.jsonl``, ``checkpoint.sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +68,34 @@ def _set_linear(head: torch.nn.Module, w: np.ndarray, b: np.ndarray) -> None:
         lin.bias.copy_(torch.from_numpy(b))
 
 
+_WHITENING: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # see whitening_map
+_WHITENING_KEPT = 8
+
+
+def whitening_map(kind: str, shrinkage: str | float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``Whitening(kind, shrinkage).fit(x).as_linear()``, remembered by the content of ``x`` for this process.
+
+    The runs of one study (chapter 04's grid and final comparison, the validation path) fit the same training rows
+    again and again, and each fit costs seconds on a CPU; the remembered map is the one a new fit would compute,
+    bit for bit. Copies are returned: callers edit them in place (ICA).
+    """
+    from ada_utils.whitening import Whitening
+
+    x = np.ascontiguousarray(x)
+    key = (kind, shrinkage, x.shape, x.dtype.str, hashlib.sha256(x.view(np.uint8)).hexdigest())
+    if key in _WHITENING:
+        _WHITENING.move_to_end(key)
+        w, b = _WHITENING[key]
+    else:
+        w, b = _WHITENING[key] = Whitening(kind, shrinkage=shrinkage).fit(x).as_linear()
+        while len(_WHITENING) > _WHITENING_KEPT:
+            _WHITENING.popitem(last=False)
+    return w.copy(), b.copy()
+
+
 def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHeads:
     """The head(s) of a run, initialised (and, for closed-form methods, fitted) on training rows only."""
-    from ada_utils.whitening import Whitening, fit_fastica
+    from ada_utils.whitening import fit_fastica
 
     torch.manual_seed(cfg.seed)
     per_domain_fit = cfg.method == "whiten" and cfg.cov_mode == "per_domain"  # ICA: one pooled rotation
@@ -85,7 +112,7 @@ def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHe
     groups = [(model.real, dom == 0), (model.synth, dom == 1)] if not shared else [(model.real, dom >= 0)]
     shrink = "auto" if cfg.shrinkage < 0 else cfg.shrinkage
     kind = "pca" if cfg.method == "ica" else "zca"
-    maps = [Whitening(kind, shrinkage=shrink).fit(xc[mask]).as_linear() for _, mask in groups]
+    maps = [whitening_map(kind, shrink, xc[mask]) for _, mask in groups]
     if cfg.method == "ica":
         # One FastICA rotation, fitted on the pooled whitened training features of both domains (per-domain
         # rotations would order and sign the sources differently in each domain), applied to the top-k
