@@ -33,7 +33,7 @@ class TinyEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        self.images += len(x)
+        self.images += len(torch.unique(x, dim=0))  # distinct images: a short batch is padded with copies
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         return self.net(x)

@@ -153,3 +153,21 @@ def test_timm_names_use_timm_eval_transform() -> None:
 def test_unknown_name_lists_choices() -> None:
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         load_encoder("no_such_net", pretrained=False)
+
+
+def test_lite0_features_do_not_depend_on_the_automatic_cpu_batch(lite0, photo: Image.Image, tmp_path) -> None:
+    """The CPU default of 16 images per pass (two streams of one torch thread) gives the bits of 64 per pass on
+    the torch threads of the process: the book's features do not depend on that speed setting."""
+    from ada_utils.encoders.embed import auto_batch_size, embed_images
+
+    paths = []
+    for i in range(40):  # different crops and flips of one photograph
+        path = tmp_path / f"{i}.jpg"
+        crop = photo.crop((i % 7 * 10, i % 5 * 8, 160 + i % 7 * 10, 160 + i % 5 * 8))
+        (crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i % 2 else crop).save(path, quality=95)
+        paths.append(path)
+    assert auto_batch_size(lite0) == 16
+    auto = embed_images(lite0, paths, cache=tmp_path / "auto", chunk_size=20, progress=False)
+    big = embed_images(lite0, paths, cache=tmp_path / "big", batch_size=64, streams=1, progress=False)
+    assert not np.isnan(auto.feats).any()
+    np.testing.assert_array_equal(auto.feats, big.feats)

@@ -28,7 +28,8 @@ def _encoder_args(p: argparse.ArgumentParser) -> None:
                    help="let --weights hold pickled Python objects (DINO full checkpoints): only for trusted files")
     p.add_argument("--image-size", type=int, default=None, help="crop size in pixels (CPU book: 128; GPU: 224)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (ada eval --abc-feats: where the metric runs)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 16 on a CPU, 64 on a GPU)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 on a 2-core machine)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="an image that does not decode: stop and name it (raise), or leave it out and report it (skip)")

@@ -92,8 +92,8 @@ def _short_hash(obj: Any) -> str:
 
 def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str | Path | None = None,
                  ids: Sequence[str] | None = None, transform: Callable | None = None,
-                 transform_key: str | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
-                 chunk_size: int | None = None, progress: bool = True, rank: int | None = None,
+                 transform_key: str | None = None, seed: int = 0, batch_size: int | None = None,
+                 num_workers: int = 0, chunk_size: int | None = None, progress: bool = True, rank: int | None = None,
                  world_size: int | None = None, timeout: float = 24 * 3600, on_error: OnError = "raise",
                  streams: int | None = None) -> Features:
     """Embed every image once (or load the cache): features (N, D) float32 in the order of ``paths``.
@@ -108,7 +108,8 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
         transform_key: names the transform in the manifest and the cache key.
         seed: with a transform, image i is transformed under ``torch.manual_seed(seed + i)`` (resumable,
             independent of workers and ranks).
-        batch_size, num_workers: DataLoader settings.
+        batch_size: images per forward pass (None: :func:`auto_batch_size`).
+        num_workers: DataLoader workers.
         chunk_size: images per resumable chunk (default: a sixteenth of the list, between 64 and 1024, so that an
             interrupted run of any length keeps most of what it embedded).
         progress: tqdm bar over images.
@@ -172,6 +173,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     sources = _sources(paths) if default_cache and transform is None else None
     done = _embedded_elsewhere(folder, sources) if sources else {}
     chunks = {c: range(c * chunk_size, min((c + 1) * chunk_size, len(paths))) for c in mine}
+    batch_size = batch_size or auto_batch_size(encoder)
 
     def embed_chunk(c: int, bar: tqdm) -> None:
         new = [r for r in chunks[c] if r not in done]
@@ -263,6 +265,17 @@ def _fill(rows: range, new: list[int], fresh: np.ndarray | None, done: dict[int,
     return np.stack([parts[r] if r in parts else np.asarray(done[r]) for r in rows]).astype(np.float32, copy=False)
 
 
+def auto_batch_size(encoder: nn.Module) -> int:
+    """Images per forward pass when the caller names none: 16 on a CPU, 64 on an accelerator.
+
+    On a CPU a small batch keeps a convolution's activations in the processor's cache: EfficientNet-Lite0 at
+    128 px ran 1.8x faster at 16 images than at 64 on the project's 2-core machine (``bench/bench_embed.py
+    --batch-size``), with the same features bit for bit (the kernels' blocking does not depend on the batch at
+    16 and above; tests/test_embed.py checks it). An accelerator wants large batches.
+    """
+    return 16 if next(encoder.parameters()).device.type == "cpu" else 64
+
+
 def _stream_count(streams: int | None, encoder: nn.Module, n_chunks: int, num_workers: int) -> int:
     """How many chunks run at once: ``streams`` (default: the torch thread count on a CPU; 1 on a GPU, and with
     DataLoader workers, which already decode in parallel)."""
@@ -348,7 +361,7 @@ def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: Sequence[int]
                                          num_workers=num_workers, shuffle=False, generator=torch.Generator())
     out = []
     for batch in loader:
-        feats = encoder(batch.to(device)).float().cpu().numpy()
+        feats = encoder(_padded(batch, batch_size).to(device))[:len(batch)].float().cpu().numpy()
         feats[~torch.isfinite(batch).flatten(1).all(1).numpy()] = np.nan  # skipped images (NaN inputs)
         if feats.ndim != 2 or feats.shape[1] != encoder.dim:
             raise ValueError(f"encoder {encoder.spec.get('name')!r} returned shape {feats.shape}, "
@@ -356,6 +369,17 @@ def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: Sequence[int]
         out.append(feats)
         bar.update(len(batch))
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _padded(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """A short batch (a chunk's last) filled up to ``size`` rows with copies of its last image.
+
+    Every forward pass then has one shape, so an image's features do not depend on where it falls in the list:
+    a CPU convolution on one thread takes another code path below 16 images (last digits differ).
+    """
+    if len(batch) >= size:
+        return batch
+    return torch.cat([batch, batch[-1:].expand(size - len(batch), *batch.shape[1:])])
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

@@ -49,7 +49,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def embed_benchmark(encoder: nn.Module, root: str | Path, *, test_cases: Sequence[str] | None = None,
-                    distractors: int | None = None, batch_size: int = 64, num_workers: int = 0,
+                    distractors: int | None = None, batch_size: int | None = None, num_workers: int = 0,
                     progress: bool = True, on_error: OnError = "raise") -> BenchmarkFeatures:
     """Embed every test image of ``root`` (each file once, cached by :func:`ada_utils.encoders.embed.embed_images`).
 

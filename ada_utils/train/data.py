@@ -69,7 +69,7 @@ class TrainData:
 
 def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str = "gap", seed: int = 0,
                   with_pairs: bool = False, pool: str = "auto", real_dirs: Sequence[str | Path] = (),
-                  synth_dirs: Sequence[str | Path] = (), batch_size: int = 64, num_workers: int = 0,
+                  synth_dirs: Sequence[str | Path] = (), batch_size: int | None = None, num_workers: int = 0,
                   progress: bool = True) -> TrainData:
     """Cached features of a benchmark's unlabelled training pool (plain images + ``n_views`` augmented views).
 
