@@ -173,7 +173,6 @@ def test_a_shared_cache_takes_data_and_features_but_not_runs(tmp_path, monkeypat
     assert runs_dir() == tmp_path / "clone" / "runs"
 
 
-
 def test_analysis_chapters_read_the_04_run_of_exactly_their_configuration(tmp_path) -> None:
     """01/02 read 04's head instead of fitting their own only when 04 trained the same configuration on the same
     benchmark: per-domain whitening is 04's ``whiten_pd`` control, not its pooled ``whiten``."""

@@ -269,9 +269,10 @@ def auto_batch_size(encoder: nn.Module) -> int:
     """Images per forward pass when the caller names none: 16 on a CPU, 64 on an accelerator.
 
     On a CPU a small batch keeps a convolution's activations in the processor's cache: EfficientNet-Lite0 at
-    128 px ran 1.8x faster at 16 images than at 64 on the project's 2-core machine (``bench/bench_embed.py
-    --batch-size``), with the same features bit for bit (the kernels' blocking does not depend on the batch at
-    16 and above; tests/test_embed.py checks it). An accelerator wants large batches.
+    128 px, 1,024 benchmark images through :func:`embed_images`, ran 1.8x faster at 16 images than at 64 on the
+    project's 2-core machine, with the same features bit for bit (the kernels treat each image alike from 16
+    images up, and :func:`_padded` fills short batches; tests/test_encoders.py checks it). An accelerator wants
+    large batches.
     """
     return 16 if next(encoder.parameters()).device.type == "cpu" else 64
 
