@@ -62,12 +62,14 @@ def test_paired_bootstrap_of_a_mean_difference_resamples_models() -> None:
 
 
 def test_verdicts_are_data() -> None:
-    assert [Verdict.of(lo, hi) for lo, hi in ((0.1, 0.2), (-0.1, 0.1), (-0.1, 0.0), (-0.3, -0.1))] == \
-        [Verdict.ABOVE, Verdict.NOT_BELOW, Verdict.NOT_BELOW, Verdict.BELOW]
+    intervals = ((0.1, 0.2), (-0.005, 0.1), (-0.1, 0.1), (-0.005, -0.001), (-0.3, -0.1), (-0.01, 0.2))
+    assert [Verdict.of(lo, hi) for lo, hi in intervals] == [Verdict.ABOVE, Verdict.NONINFERIOR, Verdict.INCONCLUSIVE,
+                                                            Verdict.NONINFERIOR, Verdict.BELOW, Verdict.INCONCLUSIVE]
+    assert Verdict.of(-0.005, 0.1, margin=0.0) is Verdict.INCONCLUSIVE  # no margin: an interval across 0 wins nothing
     assert Verdict.ABOVE.word == "supported" and Verdict.BELOW.word == "contradicted"
-    assert Verdict.NOT_BELOW.word.startswith("inconclusive")
-    assert Verdict.ABOVE.satisfies(">") and Verdict.NOT_BELOW.satisfies("≥") and not Verdict.NOT_BELOW.satisfies(">")
-    assert not Verdict.BELOW.satisfies("≥")
+    assert Verdict.INCONCLUSIVE.word == "inconclusive" and Verdict.NONINFERIOR.word.startswith("non-inferior")
+    assert Verdict.ABOVE.satisfies(">") and Verdict.NONINFERIOR.satisfies("≥") and not Verdict.NONINFERIOR.satisfies(">")
+    assert not Verdict.INCONCLUSIVE.satisfies("≥") and not Verdict.BELOW.satisfies("≥")
     with pytest.raises(ValueError, match="claim"):
         Verdict.ABOVE.satisfies(">=")
     c = Comparison("ada", "pretrained", "test_x/scene", "R@5", 0.1, 0.02, 0.2)
@@ -75,7 +77,43 @@ def test_verdicts_are_data() -> None:
     assert row["verdict"] == "ada > pretrained" and Comparison.from_record(row) == c
     # The verdict is recomputed from the interval, never read back from the text.
     assert Comparison.from_record({**row, "verdict": "ada < pretrained"}).verdict is Verdict.ABOVE
-    others = [Comparison("ada", "pretrained", "test_y/scene", "R@5", 0.0, -0.1, 0.1),
+    others = [Comparison("ada", "pretrained", "test_y/scene", "R@5", 0.0, -0.005, 0.1),
+              Comparison("ada", "pretrained", "test_z/scene", "R@5", 0.0, -0.1, 0.1),
               Comparison("ada", "pretrained", "test_x/scene", "mAP", -0.2, -0.3, -0.1)]
-    assert st.count_satisfied([c, *others], "ada", "pretrained", ["test_x/scene", "test_y/scene"], "R@5", ">") == (1, 2)
-    assert st.count_satisfied([c, *others], "ada", "pretrained", ["test_x/scene", "test_y/scene"], "R@5", "≥") == (2, 2)
+    cells = ["test_x/scene", "test_y/scene", "test_z/scene"]
+    assert st.count_satisfied([c, *others], "ada", "pretrained", cells, "R@5", ">") == (1, 3)
+    assert st.count_satisfied([c, *others], "ada", "pretrained", cells, "R@5", "≥") == (2, 3)
+
+
+def test_holm_rejections_match_the_step_down_rule() -> None:
+    # Holm at 0.05 over 4: thresholds 0.0125, 0.0167, 0.025, 0.05 in p order; stops at the first failure
+    p = np.array([0.01, 0.04, 0.012, 0.03])
+    assert st.holm_rejections(p, 0.05).tolist() == [True, False, True, False]
+    assert st.holm_rejections(np.array([0.2, 0.001]), 0.05).tolist() == [False, True]
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # reference: Holm-adjusted p-values, running max of (m − j) p_(j), rejected at <= α
+        q = rng.random(12) ** 3
+        order = np.argsort(q)
+        adjusted = np.maximum.accumulate((len(q) - np.arange(len(q))) * q[order])
+        expected = np.zeros(len(q), dtype=bool)
+        expected[order] = adjusted <= 0.05
+        assert st.holm_rejections(q, 0.05).tolist() == expected.tolist()
+
+
+def test_holm_verdicts_are_stricter_than_single_intervals() -> None:
+    rng = np.random.default_rng(1)
+    model = np.repeat(np.arange(50), 4)
+    base = rng.random(200)
+    # many comparisons whose single 95 % interval sits just above zero; Holm over the table demotes them
+    comps = [st.compare_means("a", "b", f"c{i}", "R@5", base + 0.008 + rng.normal(0, 0.05, 200), base, model, n_boot=500)
+             for i in range(40)]
+    single = sum(c.verdict is Verdict.ABOVE for c in comps)
+    corrected = st.holm(comps)
+    assert all(c.holm_verdict in (">", "≥", "?", "<") for c in corrected)
+    assert sum(c.verdict is Verdict.ABOVE for c in corrected) < single
+    # A clear effect survives the correction; a null effect is never a win (no margin counts it as one either).
+    clear = st.compare_means("a", "b", "x", "R@5", base + 0.2, base + rng.normal(0, 0.01, 200), model)
+    null = st.compare_means("a", "b", "y", "R@5", base + rng.normal(0, 0.05, 200), base, model, margin=0.0)
+    out = st.holm([clear, null, *comps])
+    assert out[0].verdict is Verdict.ABOVE and not out[1].verdict.satisfies("≥")
+    assert Comparison.from_record(out[0].record()) == out[0]

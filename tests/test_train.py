@@ -249,7 +249,7 @@ def test_gradient_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
     from ada_utils.train.data import select_rows
 
     data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256, solver="gradient")
-    assert cfg.method == "ada" and cfg.heads == "per_domain" and cfg.init == "whiten"
+    assert cfg.method == "ada" and cfg.heads == "per_domain" and cfg.head_init == "whiten"
     rows = select_rows(cfg, data)
     start = build_model(cfg, data, rows)
     control = build_model(TrainConfig(method="whiten", cov_mode="per_domain"), data, rows)
@@ -327,3 +327,76 @@ def test_whitening_fits_are_remembered_and_equal_a_fresh_fit(tmp_path: Path, mon
         assert len(fits) == (5 if remember else 9)  # whiten per domain: 2; ica, shared: 1; then ada x2 + pooled x2
     for fresh, kept in zip(heads[False], heads[True]):
         assert all(torch.equal(fresh[k], kept[k]) for k in fresh)
+
+
+
+def test_infomax_ica_with_per_domain_heads_keeps_each_heads_scale(tmp_path: Path) -> None:
+    """Each per-domain head carries its own −log|det W_g|: without it the synthetic head only shrinks (the bug of
+    applying the real head's log-det alone)."""
+    res = train(_cfg(method="disentangle", infomax="ica", heads="per_domain", lr=1e-2, epochs=30), _data(),
+                tmp_path / "run", progress=False)
+    logdets = [float(torch.linalg.slogdet(res.model.head_for(g).weight.detach())[1]) for g in (0, 1)]
+    # measured: log|det| of (real, synthetic) 1.0 and 1.6 now; 4.9 and -15.4 with the real head's log-det alone
+    assert logdets[1] > logdets[0] - 3.0, logdets
+
+
+def test_per_domain_ica_loss_is_the_row_weighted_loss_of_each_head() -> None:
+    from ada_utils import losses
+    from ada_utils.heads import DomainHeads
+    from ada_utils.train.step import ica_loss
+
+    heads = DomainHeads("linear", 4, shared=False)
+    with torch.no_grad():
+        heads.synth.linear.weight.mul_(2.0)
+    y = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    dom = torch.tensor([0] * 4 + [1] * 6)
+    expected = (0.4 * losses.infomax_ica_loss(y[:4], heads.real.weight)
+                + 0.6 * losses.infomax_ica_loss(y[4:], heads.synth.weight))
+    assert torch.allclose(ica_loss(heads, y, dom, nonlinearity="logistic"), expected)
+    shared = DomainHeads("linear", 4, shared=True)
+    assert torch.allclose(ica_loss(shared, y, dom, nonlinearity="logistic"),
+                          losses.infomax_ica_loss(y, shared.real.weight))
+
+
+def _validation(seed: int = 5):
+    """A validation benchmark drawn like ``_data`` (other concepts): synthetic rows query their real row."""
+    from ada_utils.encoders.features import BenchmarkFeatures, CaseFeatures
+
+    val = _data(seed=seed)
+    real, synth = np.flatnonzero(val.domain == 0), np.flatnonzero(val.domain == 1)
+    owner = np.arange(len(val.domain)) % len(real)
+    case = CaseFeatures({"scene": val.feats[synth]}, {"scene": owner[synth]}, val.feats[real], owner[real])
+    return BenchmarkFeatures({"val": case}, _data(seed=seed + 1).feats[:50], {})
+
+
+def test_early_stopping_keeps_the_best_validation_heads_and_records_both_curves(tmp_path: Path) -> None:
+    from ada_utils.train.stopping import read_curve, validation_score
+
+    cfg = _cfg(method="supervised", lr=5e-2, epochs=60, eval_every=3, patience=2)
+    val = _validation()
+    res = train(cfg, _data(), tmp_path / "r", progress=False, validation=val)
+    curve = read_curve(tmp_path / "r")
+    header = json.loads((tmp_path / "r" / "config.json").read_text())
+    stop = header["stopping"]
+    assert [r["step"] for r in curve] == list(range(0, 3 * len(curve), 3))  # the state after 0, 3, 6, ... updates
+    assert stop["early"] and stop["stopped_at"] == res.steps < stop["budget_steps"] == header["steps"]
+    best = max(curve, key=lambda r: r["val_R@5"])
+    assert stop["best_step"] == best["step"] and len(curve) - 1 - curve.index(best) == 2  # patience 2
+    assert validation_score(res.model, val, torch.device("cpu"))["val_R@5"] == best["val_R@5"]
+    assert len(res.log) == res.steps and all(r["train_loss"] is not None for r in curve[1:])
+    # without validation data the run takes its whole budget, and says so
+    full = train(cfg, _data(), tmp_path / "f", progress=False)
+    assert full.steps == stop["budget_steps"]
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["stopping"]["rule"] == "none: the whole budget"
+
+
+def test_early_stopped_run_resumes_to_the_same_choice(tmp_path: Path) -> None:
+    cfg = _cfg(method="supervised", lr=5e-2, epochs=60, eval_every=3, patience=2, checkpoint_every=4)
+    val, data = _validation(), _data()
+    full = train(cfg, data, tmp_path / "full", progress=False, validation=val)
+    assert train(cfg, data, tmp_path / "killed", progress=False, stop_at=full.steps - 1, validation=val) is None
+    resumed = train(cfg, data, tmp_path / "killed", resume=True, progress=False, validation=val)
+    assert resumed.steps == full.steps
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert (tmp_path / "full" / "validation.jsonl").read_text() == (tmp_path / "killed" / "validation.jsonl").read_text()

@@ -9,7 +9,7 @@ live here too, so that the chapter holds only parameters, calls and figures.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,8 @@ import pandas as pd
 
 from ada_utils.data.cells import object_cells, seen_object_cells, style_cells, unseen_cells
 from ada_utils.eval.benchmark import cell_means, evaluate, per_query_metrics
-from ada_utils.eval.statistics import Comparison, count_satisfied, paired_bootstrap
+from ada_utils.eval.oracles import Oracle
+from ada_utils.eval.statistics import MARGIN, Comparison, compare_means, count_satisfied, holm
 from ada_utils.files import write_json
 from ada_utils.retrieval import FeatureMap
 from ada_utils.train.loop import feature_maps, train
@@ -35,20 +36,34 @@ COMPARED = (("R@5", "R@5"), ("mAP", "AP"))
 
 
 def run_variant(cfg: TrainConfig, data: TrainData, bf: BenchmarkFeatures, out_dir: str | Path, *,
-                progress: bool = False) -> dict:
+                validation: BenchmarkFeatures | None = None, progress: bool = False) -> dict:
     """Train one variant (replacing any run in ``out_dir``), evaluate it, write ``metrics.json``.
+
+    A gradient-trained variant stops early on ``validation`` (the validation models of the training split).
 
     Returns:
         ``{"cells": evaluate-format metrics, "per_query": per_query_metrics, "seconds": training time,
-        "steps": int, "run": the run folder's name}``.
+        "steps": steps run, "run": the run folder's name, "stopping": the stopping record}``.
     """
-    res = train(cfg, data, out_dir, overwrite=True, progress=progress)
-    real_map, synth_map = feature_maps(res.model)
+    from ada_utils.files import read_json
+
+    res = train(cfg, data, out_dir, overwrite=True, progress=progress, validation=validation)
+    header = read_json(Path(out_dir) / "config.json")
+    out = record_maps(*feature_maps(res.model), bf, out_dir, seconds=res.seconds, steps=res.steps,
+                      extra={"config": dataclasses.asdict(cfg), "stopping": header.get("stopping", {})})
+    return {**out, "fit": header.get("fit", {})}
+
+
+def record_maps(real_map: FeatureMap, synth_map: FeatureMap, bf: BenchmarkFeatures, out_dir: str | Path, *,
+                seconds: float = 0.0, steps: int = 0, extra: dict | None = None) -> dict:
+    """Evaluate fixed maps per query, write ``out_dir/metrics.json``; the result format of :func:`run_variant`."""
     pq = per_query_metrics(bf, real_map=real_map, synth_map=synth_map)
     cells = cell_means(pq)
-    write_json(Path(out_dir) / "metrics.json", {"cells": cells, "config": dataclasses.asdict(cfg),
-                                                "train_seconds": res.seconds, "steps": res.steps})
-    return {"cells": cells, "per_query": pq, "seconds": res.seconds, "steps": res.steps, "run": Path(out_dir).name}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out_dir) / "metrics.json", {"cells": cells, "train_seconds": seconds, "steps": steps,
+                                                **(extra or {})})
+    return {"cells": cells, "per_query": pq, "seconds": seconds, "steps": steps, "run": Path(out_dir).name,
+            "stopping": (extra or {}).get("stopping", {})}
 
 
 def summary_row(res: dict) -> dict[str, float]:
@@ -56,20 +71,60 @@ def summary_row(res: dict) -> dict[str, float]:
     cells = res["cells"]
     return {"R@5 objects": float(np.mean([cells[c]["R@5"] for c in object_cells(cells)])),
             "R@5 styles": float(np.mean([cells[c]["R@5"] for c in style_cells(cells)])),
-            "mAP all": float(np.mean([v["mAP"] for v in cells.values()])), "train s": res["seconds"]}
+            "mAP all": float(np.mean([v["mAP"] for v in cells.values()])), "steps": res["steps"],
+            "train s": res["seconds"]}
+
+
+@dataclass
+class SplitPools:
+    """The training pool of each data seed, without the validation models' images, and the validation benchmark.
+
+    Seeds vary every random choice: a seed's pool carries augmented views drawn with that data seed (each view set
+    is embedded once and cached). The validation benchmark reads plain images only, so it is the same for every
+    seed; ``full`` is the seed-0 pool *with* the validation models (for the transductive comparison only).
+    """
+
+    encoder: Any
+    root: Path
+    n_views: int
+    augment: str
+    pool: str = "auto"
+    pools: dict[int, TrainData] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        from ada_utils.train.data import validation_split
+
+        self.full = self._embed(0)
+        self.validation, self.pools[0] = validation_split(self.root, self.full)
+
+    def _embed(self, seed: int) -> TrainData:
+        from ada_utils.train.data import training_data
+
+        return training_data(self.encoder, self.root, n_views=self.n_views, augment=self.augment, seed=seed,
+                             with_pairs=True, pool=self.pool)
+
+    def __call__(self, seed: int) -> TrainData:
+        if seed not in self.pools:
+            from ada_utils.train.data import validation_split
+
+            self.pools[seed] = validation_split(self.root, self._embed(seed))[1]
+        return self.pools[seed]
 
 
 @dataclass
 class Ablations:
-    """Variants of ``base`` on one training pool and one benchmark; each configuration is trained once.
+    """Variants of ``base`` on one benchmark; each configuration is trained once.
 
-    Runs go to ``out_root/<name>-seed<k>/`` (config, weights, ``metrics.json``).
+    ``data_of(seed)`` gives the training pool of a seed (its augmented views drawn with that data seed, the
+    validation models removed), ``validation`` the validation benchmark every gradient run stops on. Runs go to
+    ``out_root/<name>-seed<k>/`` (config, weights, validation curve, ``metrics.json``).
     """
 
     base: TrainConfig
-    data: TrainData
+    data_of: Callable[[int], TrainData]
     bench: BenchmarkFeatures
     out_root: Path
+    validation: BenchmarkFeatures | None = None
     done: dict[tuple, dict] = field(default_factory=dict, repr=False)
 
     def run(self, name: str, *, seed: int | None = None, **overrides: Any) -> dict:
@@ -78,7 +133,8 @@ class Ablations:
         cfg = dataclasses.replace(self.base, seed=self.base.seed if seed is None else seed, **overrides)
         key = tuple(sorted(dataclasses.asdict(cfg).items()))
         if key not in self.done:
-            self.done[key] = run_variant(cfg, self.data, self.bench, self.out_root / f"{name}-seed{cfg.seed}")
+            self.done[key] = run_variant(cfg, self.data_of(cfg.seed), self.bench,
+                                         self.out_root / f"{name}-seed{cfg.seed}", validation=self.validation)
         return self.done[key]
 
     def table(self, axes: dict[str, dict[str, dict[str, Any]]]) -> pd.DataFrame:
@@ -95,6 +151,12 @@ class Ablations:
         return {m: [self.run(f"final-{m}", seed=s, **controls.get(m, {"method": m})) for s in seeds]
                 for m in methods}
 
+    def oracle_runs(self, oracle: Oracle, seeds: Sequence[int]) -> list[dict]:
+        """A labelled ceiling's test-cell result, once per seed (it has no random choice: the seeds are equal)."""
+        res = record_maps(oracle.real_map, oracle.synth_map, self.bench, self.out_root / f"final-{oracle.name}",
+                          extra={"choice": oracle.choice, "validation_curve": oracle.curve})
+        return [res for _ in seeds]
+
 
 def seed_summary(runs: list[dict], cells: Sequence[str]) -> dict[str, dict]:
     """``{"mean": {cell: {metric: ...}}, "std": {...}}`` over seeds of one method's runs."""
@@ -108,16 +170,17 @@ def seed_mean(runs: list[dict], cell: str, metric: str) -> np.ndarray:
 
 
 def compare(final: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], cells: Sequence[str], *,
-            n_boot: int = 2000) -> list[Comparison]:
-    """Paired bootstrap over models of A − B for every pair, cell and compared metric (seed means per query)."""
+            n_boot: int = 2000, margin: float = MARGIN) -> list[Comparison]:
+    """Paired bootstrap over models of A − B for every pair, cell and compared metric (seed means per query),
+    Holm-corrected over the whole table (:func:`ada_utils.eval.statistics.holm`), margin δ = ``margin``."""
     out = []
     for a, b in pairs:
         for c in cells:
             for metric, key in COMPARED:
-                diff, lo, hi = paired_bootstrap(seed_mean(final[a], c, key), seed_mean(final[b], c, key),
-                                                final[a][0]["per_query"][c]["model"], n_boot=n_boot, seed=0)
-                out.append(Comparison(a, b, c, metric, diff, lo, hi))
-    return out
+                out.append(compare_means(a, b, c, metric, seed_mean(final[a], c, key), seed_mean(final[b], c, key),
+                                         final[a][0]["per_query"][c]["model"], n_boot=n_boot, seed=0,
+                                         margin=margin))
+    return holm(out)
 
 
 def fitted_maps(cfg: TrainConfig, train_on: TrainData, out_dir: Path) -> tuple[FeatureMap, FeatureMap]:
@@ -132,78 +195,64 @@ def mean_r5(bf: BenchmarkFeatures, real_map: FeatureMap, synth_map: FeatureMap) 
 
 @dataclass
 class Validation:
-    """The validation-split measurements of chapter 04, as tables (see :func:`validation_study`)."""
+    """The validation-split measurements of chapter 04 (see :func:`validation_study`)."""
 
-    lam_path: pd.DataFrame  # columns lam, transductive, held out (mean R@5 of the λ path)
+    lam_path: pd.DataFrame  # columns lam, transductive, held out (mean validation R@5 of the closed-form head)
     whitening: dict[str, float]  # per-domain whitening, fitted transductively / held out
-    oracle: pd.DataFrame  # columns k, "oracle rotation, held out"
+    lam: float  # λ chosen: the argmax of the held-out column (first of equals)
 
     def record(self) -> dict:
         """The JSON form written to the chapter's summary."""
-        return {"lam_path": self.lam_path.to_dict(orient="list"), "whitening": self.whitening,
-                "oracle_rotation": self.oracle.to_dict(orient="list")}
+        return {"lam_path": self.lam_path.to_dict(orient="list"), "whitening": self.whitening, "lam": self.lam}
 
 
 def validation_study(base: TrainConfig, data: TrainData, held_out: TrainData, val_bf: BenchmarkFeatures,
-                     out_dir: Path, *, lams: Sequence[float], ks: Sequence[int]) -> Validation:
-    """λ path and per-domain whitening fitted transductively vs held out, and oracle rotations (labelled pairs).
+                     out_dir: Path, *, lams: Sequence[float]) -> Validation:
+    """The λ search of the closed-form head on the validation split, fitted transductively and held out.
 
     Args:
-        base: the closed-form ada configuration. data: the whole training pool (transductive fits);
-        held_out: the pool without the validation models' images; val_bf: the validation benchmark
-        (:func:`ada_utils.train.data.validation_split`). out_dir: scratch run folder.
-        lams: λ values of the path. ks: dimensions of the oracle rotation's subspace.
-    """
-    from ada_utils.closed_form import subspace_procrustes
+        base: the closed-form ada configuration. data: the whole training pool (transductive fits: the
+            validation images are among the fitted ones); held_out: the pool without the validation models'
+            images (what every method of the chapter is fitted on); val_bf: the validation benchmark
+            (:func:`ada_utils.train.data.validation_split`). out_dir: scratch run folder. lams: λ values searched.
 
+    Returns:
+        The path, per-domain whitening's scores, and the chosen λ = argmax of the held-out path.
+    """
     fit = {"transductive": data, "held out": held_out}
     path = pd.DataFrame([{"lam": lam, **{name: mean_r5(val_bf, *fitted_maps(dataclasses.replace(base, lam=lam),
                                                                               pool, out_dir))
                                          for name, pool in fit.items()}} for lam in lams])
     white_cfg = dataclasses.replace(base, method="whiten", cov_mode="per_domain")
-    real_w, synth_w = fitted_maps(white_cfg, held_out, out_dir)  # fitted once, reused by the oracle rotations
-    whitening = {"transductive": mean_r5(val_bf, *fitted_maps(white_cfg, data, out_dir)),
-                 "held out": mean_r5(val_bf, real_w, synth_w)}
-    u_real = real_w(held_out.feats[held_out.pairs[:, 0]])
-    u_synth = synth_w(held_out.feats[held_out.pairs[:, 1]])
-    pooled = np.vstack([u_real, u_synth]).astype(np.float64)
-    basis = np.linalg.svd(pooled - pooled.mean(0), full_matrices=False)[2]
-    oracle = []
-    for k in ks:
-        rot = subspace_procrustes(u_synth, u_real, basis[:k]).astype(np.float32)
-        oracle.append({"k": k, "oracle rotation, held out": mean_r5(val_bf, real_w,
-                                                                    lambda x, r=rot: synth_w(x) @ r.T)})
-    return Validation(path, whitening, pd.DataFrame(oracle))
+    whitening = {name: mean_r5(val_bf, *fitted_maps(white_cfg, pool, out_dir)) for name, pool in fit.items()}
+    return Validation(path, whitening, float(path.loc[path["held out"].idxmax(), "lam"]))
 
 
-def _fraction(comparisons: list[Comparison], a: str, b: str, cells: list[str], metric: str, claim: str) -> str:
-    good, total = count_satisfied(comparisons, a, b, cells, metric, claim)
-    return f"{good}/{total}"
+def _tally(comparisons: list[Comparison], a: str, b: str, cells: list[str], metric: str = "R@5") -> str:
+    """"A > B in n, A ≥ B in n, inconclusive in n, A < B in n (of m cells)" for the comparisons of A vs B."""
+    got = [c for c in comparisons if c.a == a and c.b == b and c.cell in cells and c.metric == metric]
+    words = {">": f"{a} > {b}", "≥": f"{a} ≥ {b}", "?": "inconclusive", "<": f"{a} < {b}"}
+    counts = {k: sum(c.verdict.value == k for c in got) for k in words}
+    return ", ".join(f"{words[k]} in {n}" for k, n in counts.items() if n) + f" (of {len(got)} cells)"
 
 
-def target_lines(comparisons: list[Comparison], cells: list[str], why: Validation) -> list[str]:
-    """The chapter's generated summary: how many cells meet each target of the method, and the validation split."""
-    def f(a: str, b: str, cells_: list[str], claim: str, metric: str = "R@5") -> str:
-        return _fraction(comparisons, a, b, cells_, metric, claim)
-
+def target_lines(comparisons: list[Comparison], cells: list[str], why: Validation, *,
+                 margin: float = MARGIN) -> list[str]:
+    """The chapter's generated summary: each comparison's verdicts per group of cells, and the validation split."""
+    present = {(c.a, c.b) for c in comparisons}
+    groups = {"all cells": cells, "object cells": object_cells(cells), "style cells": style_cells(cells)}
+    lines = [f"Verdicts on R@5 (Holm-corrected over the {len(comparisons)} comparisons of the table, non-inferiority "
+             f"margin δ = {margin:g}; an inconclusive cell is never counted as a win):"]
+    for a, b in dict.fromkeys((c.a, c.b) for c in comparisons):
+        parts = "; ".join(f"{g}: {_tally(comparisons, a, b, cs)}" for g, cs in groups.items() if cs)
+        lines.append(f"- `{a}` vs `{b}`: {parts}.")
+    if ("supervised", "pretrained") in present:
+        lines.append(f"- The supervised baseline against the pretrained features on the seen-object cells (where it "
+                     f"must win): {_tally(comparisons, 'supervised', 'pretrained', seen_object_cells(cells))}.")
     lam, white = why.lam_path, why.whitening
-    best_t = lam["transductive"].idxmax()
-    oracle = ", ".join(f"{v:.3f} (k = {k})" for k, v in zip(why.oracle["k"], why.oracle.iloc[:, 1]))
-    return [
-        f"- ada > pretrained (R@5): {f('ada', 'pretrained', cells, '>')} cells; "
-        f"mAP: {f('ada', 'pretrained', cells, '>', 'mAP')}.",
-        f"- ada ≥ whitening (R@5): {f('ada', 'whiten', cells, '≥')} cells; "
-        f"ada > whitening on object cells: {f('ada', 'whiten', object_cells(cells), '>')}; "
-        f"ada ≥ per-domain whitening: {f('ada', 'whiten_pd', cells, '≥')} cells, "
-        f"ada > per-domain whitening: {f('ada', 'whiten_pd', cells, '>')}.",
-        f"- ada > alignment only: {f('ada', 'align', cells, '>')}; "
-        f"ada > disentanglement only: {f('ada', 'disentangle', cells, '>')} cells (R@5).",
-        f"- ada ≥ supervised on unseen-object and style cells (R@5): "
-        f"{f('ada', 'supervised', unseen_cells(cells), '≥')}; supervised > pretrained on seen-object "
-        f"cells: {f('supervised', 'pretrained', seen_object_cells(cells), '>')}.",
-        f"- Validation split (mean R@5): at λ = {lam.loc[best_t, 'lam']:g}, the best λ when fitting transductively, "
-        f"the head scores {lam.loc[best_t, 'transductive']:.3f} vs whitening's {white['transductive']:.3f}; "
-        f"fitted held out it scores {lam.loc[best_t, 'held out']:.3f} vs {white['held out']:.3f}; best held-out λ: "
-        f"{lam.loc[lam['held out'].idxmax(), 'lam']:g} ({lam['held out'].max():.3f}). The oracle rotation fitted "
-        f"with labelled pairs scores {oracle} vs whitening's {white['held out']:.3f}.",
-    ]
+    at = lam.loc[lam["lam"] == why.lam].iloc[0]
+    lines.append(f"- Validation split (mean R@5): λ = {why.lam:g} is chosen, the argmax of the held-out search over "
+                 f"{', '.join(f'{v:g}' for v in lam['lam'])}; there the head scores {at['held out']:.3f} against "
+                 f"per-domain whitening's {white['held out']:.3f} held out, and {at['transductive']:.3f} vs "
+                 f"{white['transductive']:.3f} when the validation images are among the fitted ones.")
+    return lines

@@ -8,16 +8,21 @@ models with replacement and keeps all their rows. :func:`paired_bootstrap` has t
 - a **general path** for any statistic ``(X, Y) -> {name: float}`` (e.g. :func:`ada_utils.cca.decomposition`)
   evaluated on both arms' rows, through :func:`bootstrap_ci`.
 
-The rule that turns an interval into words (the book's reproducibility page, "comparisons under noise"): A − B
-is **>** when its 95 % interval lies above zero, **≥** when it does not lie entirely below zero, **<** otherwise.
-:class:`Verdict` holds that result as data; text is made from it, never parsed back.
+The rule that turns an interval into words (the book's reproducibility page, "comparisons under noise"), with a
+stated margin δ (``MARGIN``, in the metric's units): A − B is **>** when its 95 % interval lies above zero, **≥**
+(non-inferior) when its low end lies above −δ, **<** when it lies below zero, and **inconclusive** otherwise; an
+inconclusive comparison is never counted as a win. Over the comparisons of one table, :func:`holm` replaces the
+interval rule by Holm's step-down correction of the three one-sided tests (superiority, non-inferiority,
+inferiority), each at level α/2 = 0.025 so that a single comparison reads as its 95 % interval.
+:class:`Verdict` holds the result as data; text is made from it, never parsed back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -27,34 +32,47 @@ from ada_utils.covariance import as_matrix
 Statistic = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
+MARGIN = 0.01  # δ: the non-inferiority margin of "A ≥ B" (0.01 R@5 by default; design section 8)
+ALPHA = 0.05  # two-sided level of an interval; each one-sided test runs at ALPHA / 2
+
+
 class Verdict(enum.Enum):
-    """Where the interval of a difference A − B lies with respect to zero."""
+    """Where the interval of a difference A − B lies with respect to zero and to the margin −δ."""
 
     ABOVE = ">"  # entirely above zero: A > B
-    NOT_BELOW = "≥"  # contains zero: A ≥ B but not A > B
-    BELOW = "<"  # entirely below zero: A < B
+    NONINFERIOR = "≥"  # low end above −δ, not above zero: A is at most δ worse than B
+    INCONCLUSIVE = "?"  # across −δ and 0: neither a win nor a loss
+    BELOW = "<"  # entirely below zero (and below −δ somewhere): A < B
 
     @classmethod
-    def of(cls, low: float, high: float) -> Verdict:
-        """The verdict of an interval ``[low, high]`` of A − B."""
-        return cls.ABOVE if low > 0 else (cls.NOT_BELOW if high >= 0 else cls.BELOW)
+    def of(cls, low: float, high: float, *, margin: float = MARGIN) -> Verdict:
+        """The verdict of an interval ``[low, high]`` of A − B with non-inferiority margin ``margin``."""
+        if low > 0:
+            return cls.ABOVE
+        if low > -margin:
+            return cls.NONINFERIOR
+        return cls.BELOW if high < 0 else cls.INCONCLUSIVE
 
     @property
     def word(self) -> str:
-        """The claim "A > B" read against this interval: supported, inconclusive or contradicted."""
-        return {Verdict.ABOVE: "supported", Verdict.NOT_BELOW: "inconclusive (interval includes 0)",
-                Verdict.BELOW: "contradicted"}[self]
+        """The claim "A > B" read against this verdict."""
+        return {Verdict.ABOVE: "supported", Verdict.NONINFERIOR: "non-inferior only (within the margin)",
+                Verdict.INCONCLUSIVE: "inconclusive", Verdict.BELOW: "contradicted"}[self]
 
     def satisfies(self, claim: str) -> bool:
-        """Whether this verdict meets ``claim``: ``">"`` (interval above 0) or ``"≥"`` (not entirely below 0)."""
+        """Whether this verdict meets ``claim``: ``">"`` (superior) or ``"≥"`` (superior or non-inferior)."""
         if claim not in (">", "≥"):
             raise ValueError(f"claim={claim!r}: use '>' or '≥'")
-        return self is Verdict.ABOVE if claim == ">" else self is not Verdict.BELOW
+        return self is Verdict.ABOVE if claim == ">" else self in (Verdict.ABOVE, Verdict.NONINFERIOR)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One paired comparison A − B of a metric on one cell, with its 95 % interval over models."""
+    """One paired comparison A − B of a metric on one cell, with its 95 % interval over models.
+
+    ``se`` is the bootstrap standard error (for :func:`holm`); ``holm_verdict`` the verdict after Holm's correction
+    over the comparisons of its table ("" when the comparison stands alone: the interval rule applies).
+    """
 
     a: str
     b: str
@@ -63,11 +81,16 @@ class Comparison:
     diff: float
     ci_low: float
     ci_high: float
+    margin: float = MARGIN
+    se: float = float("nan")
+    holm_verdict: str = ""
 
     @property
     def verdict(self) -> Verdict:
-        """The verdict of this comparison's interval."""
-        return Verdict.of(self.ci_low, self.ci_high)
+        """Holm's verdict when the comparison was corrected with its table, else its interval's."""
+        if self.holm_verdict:
+            return Verdict(self.holm_verdict)
+        return Verdict.of(self.ci_low, self.ci_high, margin=self.margin)
 
     def record(self) -> dict[str, Any]:
         """A JSON row: the fields plus the readable verdict (``"ada > pretrained"``), made from the numbers."""
@@ -75,8 +98,50 @@ class Comparison:
 
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> Comparison:
-        """Rebuild from a :meth:`record` row (the verdict is recomputed from the interval, not read)."""
-        return cls(**{k: row[k] for k in ("a", "b", "cell", "metric", "diff", "ci_low", "ci_high")})
+        """Rebuild from a :meth:`record` row (the verdict is recomputed from the numbers, never read)."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{k: row[k] for k in names if k in row})
+
+
+def holm(comparisons: Sequence[Comparison], *, alpha: float = ALPHA) -> list[Comparison]:
+    """The comparisons of one table with Holm-corrected verdicts (the family is the whole table).
+
+    Each comparison tests three one-sided hypotheses, with normal p-values from its bootstrap standard error:
+    superiority (H0: A − B ≤ 0), non-inferiority (H0: A − B ≤ −δ) and inferiority (H0: A − B ≥ 0). Holm's
+    step-down procedure runs over the m comparisons of each kind at level ``alpha / 2``; the verdict is the first
+    rejected one of ">", "≥", "<" (in that order), else inconclusive.
+    """
+    from scipy.stats import norm
+
+    if not comparisons:
+        return []
+
+    def p_value(c: Comparison, threshold: float, upper: bool) -> float:
+        z = (c.diff - threshold) / c.se if c.se > 0 else (np.inf if c.diff > threshold else -np.inf)
+        if c.se == 0 and c.diff == threshold:
+            z = 0.0
+        return float(norm.sf(z) if upper else norm.cdf(z))
+
+    kinds = {">": [p_value(c, 0.0, True) for c in comparisons],
+             "≥": [p_value(c, -c.margin, True) for c in comparisons],
+             "<": [p_value(c, 0.0, False) for c in comparisons]}
+    rejected = {k: holm_rejections(np.asarray(p), alpha / 2) for k, p in kinds.items()}
+    out = []
+    for i, c in enumerate(comparisons):
+        sign = next((k for k in (">", "≥", "<") if rejected[k][i]), "?")
+        out.append(dataclasses.replace(c, holm_verdict=sign))
+    return out
+
+
+def holm_rejections(p: np.ndarray, alpha: float) -> np.ndarray:
+    """(m,) bool: Holm's step-down rejections of m hypotheses with p-values ``p`` at family-wise level ``alpha``."""
+    order = np.argsort(p, kind="stable")
+    reject = np.zeros(len(p), dtype=bool)
+    for rank, i in enumerate(order):
+        if p[i] > alpha / (len(p) - rank):
+            break
+        reject[i] = True
+    return reject
 
 
 def count_satisfied(comparisons: list[Comparison], a: str, b: str, cells: list[str], metric: str,
@@ -94,14 +159,14 @@ def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _mean_difference(a: Any, b: Any, groups: Any, *, n_boot: int, level: float, seed: int
-                     ) -> tuple[float, float, float]:
-    """Fast path of :func:`paired_bootstrap`: mean of ``a − b`` over rows, resampling groups."""
+                     ) -> tuple[float, float, float, float]:
+    """Fast path of :func:`paired_bootstrap`: mean of ``a − b`` over rows, resampling groups; (diff, low, high, se)."""
     ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
     sums = np.bincount(inverse, weights=np.asarray(a, np.float64) - np.asarray(b, np.float64), minlength=len(ids))
     counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
     draw = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
     boot = sums[draw].sum(1) / counts[draw].sum(1)
-    return (float(sums.sum() / counts.sum()), *_interval(boot, level))
+    return (float(sums.sum() / counts.sum()), *_interval(boot, level), float(boot.std(ddof=1)))
 
 
 def bootstrap_ci(stat: Statistic, X: Any, Y: Any, groups: Any, *, n_boot: int = 200, level: float = 0.95,
@@ -166,7 +231,7 @@ def paired_bootstrap(a: Any, b: Any, groups: Any, *, stat: Statistic | None = No
         (difference, low, high).
     """
     if stat is None:
-        return _mean_difference(a, b, groups, n_boot=n_boot, level=level, seed=seed)
+        return _mean_difference(a, b, groups, n_boot=n_boot, level=level, seed=seed)[:3]
     if key is None:
         raise ValueError("paired_bootstrap: a statistic needs the `key` of the value it compares")
     (xa, ya), (xb, yb) = (tuple(as_matrix(m, name=n) for m, n in ((x, "X"), (y, "Y"))) for x, y in (a, b))
@@ -177,6 +242,13 @@ def paired_bootstrap(a: Any, b: Any, groups: Any, *, stat: Statistic | None = No
 
     return bootstrap_ci(diff, np.hstack([xa, xb]), np.hstack([ya, yb]), groups, n_boot=n_boot, level=level,
                         seed=seed, method=method)[key]
+
+
+def compare_means(a_name: str, b_name: str, cell: str, metric: str, a: Any, b: Any, groups: Any, *,
+                  n_boot: int = 2000, seed: int = 0, margin: float = MARGIN) -> Comparison:
+    """The :class:`Comparison` of per-row values ``a`` and ``b`` (``(n,)``, same rows) resampling whole models."""
+    diff, lo, hi, se = _mean_difference(a, b, groups, n_boot=n_boot, level=1 - ALPHA, seed=seed)
+    return Comparison(a_name, b_name, cell, metric, diff, lo, hi, margin=margin, se=se)
 
 
 def flatten_ci(ci: Mapping[str, tuple[float, float, float]], *, extra: Mapping[str, float] | None = None

@@ -17,11 +17,12 @@ supervised     AbC's tuned baseline: a real and a synthetic head, InfoNCE over (
 =============  ==========================================================================================
 
 Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
-reads ``TrainData.pairs`` (:mod:`ada_utils.train.data`). Defaults (closed-form solver, per-domain whitening, positive pairs
-from augmented views of the "gap" family and mutual cross-domain neighbours, λ = 30) were chosen on the
-held-out ``validation_split`` of the *training* models, never on test cells; that choice is close to plain
-whitening, because no smaller λ helped on held-out images (``04_ablations`` shows why). λ's scale depends on
-the alignment loss: squared distance for the closed form, InfoNCE for the gradient solver (λ ≈ 1 there).
+reads ``TrainData.pairs`` (:mod:`ada_utils.train.data`). The defaults are
+starting values, not tuned ones: chapter 04 chooses λ of the closed-form head, the supervised baseline's learning
+rate and the stopping step of every gradient run on the held-out ``validation_split`` of the *training* models
+(never on test cells) and records each choice in its summary. λ's scale depends on the alignment loss: squared
+distance for the closed form, InfoNCE for the gradient solver (λ ≈ 1 there). A gradient run given validation data
+stops early (``eval_every``, ``patience``; :mod:`ada_utils.train.stopping`); without, it takes ``epochs``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CLOSED_FORM = ("pretrained", "whiten", "ica")
 CHOICES = {
     "method": METHODS, "infomax": ("gaussian", "ica"), "cov_mode": ("pooled", "per_domain"),
     "cov_kind": ("cov", "corr"), "form": ("auto", "logdet", "coding_rate"), "head": HEAD_KINDS,
-    "init": ("identity", "whiten"), "heads": ("shared", "per_domain"), "center": ("none", "pooled", "per_domain"),
+    "init": ("auto", "identity", "whiten"), "heads": ("shared", "per_domain"), "center": ("none", "pooled", "per_domain"),
     "alignment": ("views", "xdomain_nn", "both"), "train_domains": ("both", "real", "synth"),
     "optimizer": ("adamw", "sgd"), "schedule": ("two_stage", "joint"), "finetune": ("frozen", "last_k", "full"),
     "ica_nonlinearity": ("logistic", "tanh"), "augment": ("generic", "gap"), "solver": ("closed_form", "gradient"),
@@ -64,7 +65,7 @@ class TrainConfig:
     eps: float = 0.5  # ridge ε of the log-det (use ~1e-3) / ε of the coding rate (MCR² uses ε² = 0.5)
     head: str = "linear"  # head kind, identity at init
     heads: str = "per_domain"  # one head for both domains, or a real and a synthetic head (CCA's A and B)
-    init: str = "whiten"  # linear head init: identity | closed-form ZCA whitening of training features
+    init: str = "auto"  # linear head init: identity | ZCA whitening of training features | auto (identity for supervised, as AbC; whiten otherwise)
     shrinkage: float = -1.0  # covariance shrinkage of closed-form whitening in [0, 1]; -1 = Ledoit–Wolf estimate
     center: str = "per_domain"  # fixed input centring from training means: none | pooled | per real/synth domain
     alignment: str = "both"  # positive pairs: an image and its augmented views | cross-domain NN pairs | both
@@ -93,6 +94,8 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (ignored on CPU)
     amp_dtype: str = "bfloat16"  # CUDA autocast dtype: bfloat16 | float16 (float16 adds a gradient scaler)
     gather: bool = False  # DDP: all-gather embeddings before the Infomax log-det (global covariance)
+    eval_every: int = 5  # steps between validation evaluations of a gradient run given validation data
+    patience: int = 8  # evaluations without a better validation R@5 before a gradient run stops early
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
     seed: int = 0
     device: str = "cpu"
@@ -107,7 +110,7 @@ class TrainConfig:
         for name in ("tau", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
-        for name in ("epochs", "batch_size", "nn_refresh", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "nn_refresh", "checkpoint_every", "eval_every", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.uses_infomax and self.batch_size < 2:
@@ -143,6 +146,14 @@ class TrainConfig:
     def fitted_in_closed_form(self) -> bool:
         """No gradient steps: the closed-form controls and closed-form ``ada``."""
         return self.method in CLOSED_FORM or self.closed_form_ada
+
+    @property
+    def head_init(self) -> str:
+        """The init of a gradient-trained head: ``init``, with "auto" = identity for ``supervised`` (AbC's two
+        identity-initialised maps) and per-domain whitening otherwise."""
+        if self.init != "auto":
+            return self.init
+        return "identity" if self.method == "supervised" else "whiten"
 
     @property
     def uses_infomax(self) -> bool:

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,10 @@ from ada_utils.train.config import CLOSED_FORM, TrainConfig, lambda_schedule, lr
 from ada_utils.train.data import TrainData, select_rows
 from ada_utils import distributed
 from ada_utils.train.step import FeatureSource, ImageSource, StepBatches, Step, autocast_dtype
+from ada_utils.train.stopping import EarlyStopping
+
+if TYPE_CHECKING:
+    from ada_utils.encoders.features import BenchmarkFeatures
 
 
 ICA_COMPONENTS = 128  # FastICA sources of the closed-form ICA control (the leading PCA-whitened coordinates)
@@ -106,8 +111,7 @@ def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHe
     c_real, c_synth = _centers(cfg, x, dom)
     model.set_centers(torch.from_numpy(c_real), torch.from_numpy(c_synth))
     xc = x - np.where(dom[:, None] == 1, c_synth, c_real)
-    if cfg.method in ("pretrained", "supervised") or (not cfg.fitted_in_closed_form and cfg.init == "identity"):
-        # supervised: AbC's two identity-initialised linear maps, whatever ``init`` says
+    if cfg.method == "pretrained" or (not cfg.fitted_in_closed_form and cfg.head_init == "identity"):
         return model
     groups = [(model.real, dom == 0), (model.synth, dom == 1)] if not shared else [(model.real, dom >= 0)]
     shrink = "auto" if cfg.shrinkage < 0 else cfg.shrinkage
@@ -178,7 +182,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: torch.nn.Module | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
-          stop_at: int | None = None) -> TrainResult | None:
+          stop_at: int | None = None, validation: BenchmarkFeatures | None = None) -> TrainResult | None:
     """Fit the head(s) of ``cfg.method`` on training data and write the run folder.
 
     Args:
@@ -192,6 +196,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         overwrite: delete an existing run in ``out_dir`` and start again.
         progress: show a tqdm bar.
         stop_at: stop *before* this step without finishing (simulates a killed run; for tests).
+        validation: the validation benchmark of the training models (:func:`ada_utils.train.data.validation_split`):
+            a gradient run then stops early on it (:mod:`.stopping`, ``eval_every``/``patience``) and keeps its
+            best heads; None: the run takes its whole budget of ``epochs``, recorded as such.
 
     Returns:
         ``TrainResult``, or None when stopped by ``stop_at``.
@@ -233,6 +240,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         header["trainable_encoder_params"] = len(set_trainable(encoder, cfg.finetune, cfg.k_blocks))
         source = ImageSource(data.paths, encoder.preprocess, recipe=cfg.augment, image_size=cfg.image_size,
                              n_views=cfg.n_views, seed=cfg.seed)
+    if validation is not None and cfg.finetune != "frozen":
+        raise ValueError(f"finetune={cfg.finetune!r}: early stopping reads cached validation features of the frozen "
+                         "encoder; train without validation= (a fixed budget) or with finetune='frozen'")
     model = EncoderWithHeads(heads, encoder).to(device)
     stepper = Step(cfg, data, rows, source, rank=rank, world=world)
     total = 0 if cfg.fitted_in_closed_form else cfg.epochs * stepper.steps_per_epoch
@@ -245,6 +255,11 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     if resume and ckpt.is_file() and opt is not None:
         start = load_checkpoint(ckpt, model, opt, stepper, scaler)
     log = [r for r in read_log(out_dir) if r["step"] < start]
+    stopper = None
+    if validation is not None and total:
+        stopper = EarlyStopping(validation, cfg.eval_every, cfg.patience, out_dir if rank == 0 else None)
+        if start:
+            stopper.resume(start, heads)
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
     net, start_peak = model, _peak(model)
     if world > 1 and opt is not None:
@@ -256,6 +271,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         write_json(out_dir / "config.json", header)
         writer.writelines(json.dumps(r) + "\n" for r in log)
     batches = StepBatches(stepper, range(start, total), weights)
+    stopped = total
     loader = (batches[i] for i in range(len(batches))) if cfg.num_workers == 0 else torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     try:
@@ -264,6 +280,10 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         for step, batch in bar:
             if stop_at is not None and step == stop_at:
                 return None
+            if stopper is not None and stopper.due(step, total) and stopper.update(
+                    step, heads, device, log[-1]["loss"] if log else None):
+                stopped = step
+                break
             if stepper.uses_nn and step % cfg.nn_refresh == 0:
                 stepper.refresh_nn(model, device, step)
             for group in opt.param_groups:
@@ -302,10 +322,18 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     finally:
         if writer is not None:
             writer.close()
+    if stopper is not None:
+        if stopped == total:
+            stopper.update(total, heads, device, log[-1]["loss"] if log else None)
+        stopper.restore(heads)
+        header["stopping"] = stopper.summary(stopped, total)
+    else:
+        header["stopping"] = {"rule": "none: the whole budget" if total else "closed form: no steps",
+                              "stopped_at": total, "budget_steps": total, "early": False}
     seconds = time.perf_counter() - t0
 
     def finish() -> None:
-        if opt is not None:
+        if opt is not None and stopped == total:
             save_checkpoint(ckpt, model, opt, stepper, total, scaler)
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()},
                   str(out_dir / "head.safetensors"))
@@ -316,7 +344,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         write_json(out_dir / "config.json", {**header, "status": "finished", "train_seconds": seconds})
 
     distributed.on_main(finish)  # returns on every rank once the finished run is on disk
-    return TrainResult(out_dir, heads.cpu().eval(), log, seconds, total)
+    return TrainResult(out_dir, heads.cpu().eval(), log, seconds, stopped)
 
 
 # Trainable weights this many times larger than at the start of the session mean the optimiser has run away

@@ -44,7 +44,7 @@ def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -
     old = read_json(cfg_path)
     if overwrite:
         for name in ("config.json", "log.jsonl", "checkpoint.safetensors", "head.safetensors", "encoder.safetensors",
-                     "encoder.json"):
+                     "encoder.json", "validation.jsonl", "best.safetensors"):
             (out_dir / name).unlink(missing_ok=True)
         return False
     if old.get("status") == "failed" and not resume:

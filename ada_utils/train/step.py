@@ -210,8 +210,7 @@ class Step:
                 ld = losses.infomax_loss(za, eps=cfg.eps, mode=cfg.cov_kind, form=self.form, domain=dom,
                                          per_domain=cfg.cov_mode == "per_domain")
             else:
-                ld = losses.infomax_ica_loss(za, _unwrap(model).heads.real.weight,
-                                             nonlinearity=cfg.ica_nonlinearity)
+                ld = ica_loss(_unwrap(model).heads, za, dom, nonlinearity=cfg.ica_nonlinearity)
             parts["loss_infomax"], total = float(ld.detach()), total + w[1] * ld
         return total, parts
 
@@ -223,6 +222,28 @@ class Step:
             return losses.info_nce_loss(q, k, temperature=self.cfg.tau)
         return losses.gathered_info_nce_loss(q, k, temperature=self.cfg.tau, rank=self.rank,
                                              gather=partial(all_gather_with_grad, split=True))
+
+
+def ica_loss(heads: torch.nn.Module, y: torch.Tensor, domain: torch.Tensor, *, nonlinearity: str) -> torch.Tensor:
+    """Infomax-ICA loss of a batch of head outputs ``y`` (B, D) with domains ``domain`` (B,).
+
+    A shared head has one ``W``: ``losses.infomax_ica_loss(y, W)``. Per-domain heads (CCA's A and B) have two, and
+    each domain's rows are the likelihood of that domain's head: the row-weighted mean over domains of
+    ``infomax_ica_loss(y_g, W_g)``, so both heads carry their own ``−log|det W_g|`` (without it a head sees only
+    ``−log g′(y)``, largest at y = 0, and shrinks to nothing).
+    """
+    from ada_utils import losses
+
+    if heads.shared:
+        return losses.infomax_ica_loss(y, heads.real.weight, nonlinearity=nonlinearity)
+    total = y.new_zeros(())
+    for g in (0, 1):
+        rows = domain == g
+        if bool(rows.any()):
+            share = rows.sum() / len(rows)
+            total = total + share * losses.infomax_ica_loss(y[rows], heads.head_for(g).weight,
+                                                            nonlinearity=nonlinearity)
+    return total
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
