@@ -11,6 +11,11 @@ after per-domain whitening the first two terms are constant, leaving the *alignm
 ``tr Cov(a, b)``; the whitening itself is the *disentanglement* (Infomax) part. In Gaussian form
     ``I(a; b) = ½ log det Σaa + ½ log det Σbb − ½ log det Σ(a,b) = −½ Σᵢ log(1 − ρᵢ²)``.
 
+In-sample canonical correlations (:func:`canonical_correlations`, CCA fitted on the pairs it is measured on) are
+biased upward, the more so when rows repeat within groups (one exemplar paired with many queries);
+:func:`crossfit_canonical_correlations` measures them held out, fitting on half of the groups (models) and
+correlating the canonical variates on the other half.
+
 [0] "Unsupervised Synthetic Image Attribution: Alignment and Disentanglement", arXiv 2601.22663.
 """
 
@@ -205,10 +210,83 @@ def decomposition(X: Any, Y: Any, *, reg: Reg = "auto", top: int = 8) -> dict[st
             "mi": float(-0.5 * np.sum(np.log1p(-rho**2)))}
 
 
+def _half_of_groups(groups: np.ndarray, *, seed: int, strata: Any = None) -> np.ndarray:
+    """``(n,)`` bool: the rows of a seeded half of the groups (within each stratum, when ``strata`` is given).
+
+    Raises:
+        ValueError: fewer than 4 groups, or a half without a group.
+    """
+    labels = np.unique(groups)
+    if len(labels) < 4:
+        raise ValueError(f"cross-fitting needs at least 4 groups (models); got {len(labels)}")
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        chosen = rng.permutation(labels)[: len(labels) // 2]
+    else:
+        strata = np.asarray(strata)
+        per = [rng.permutation(np.unique(groups[strata == s])) for s in np.unique(strata)]
+        chosen = np.concatenate([g[: len(g) // 2] for g in per])
+    half = np.isin(groups, chosen)
+    if half.all() or not half.any():
+        raise ValueError("cross-fitting: one half holds no group; give more groups per stratum")
+    return half
+
+
+def crossfit_variates(X: Any, Y: Any, groups: Any, *, k: int | None = None, reg: Reg = "auto", seed: int = 0,
+                      strata: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out canonical variates by 2-fold cross-fitting over whole groups (models).
+
+    The groups are split in two halves (seeded; within each stratum, e.g. test case, when ``strata`` is given);
+    CCA (:func:`fit_cca`) is fitted on the pairs of one half and applied to the pairs of the other, then the
+    halves swap. Every row thus gets the variates of a CCA that never saw its group, so rows that repeat within
+    a group (an exemplar paired with many queries) cannot inflate the correlation as they do in-sample. Each
+    half's variates are centred on that half (correlations are computed within folds and pooled).
+
+    Args:
+        X: ``(n, p)``; Y: ``(n, q)``, matched rows. groups: ``(n,)`` group (model) of each row.
+        k: components (default ``min(p, q)``), in the order of the training canonical correlations.
+        reg: shrinkage (:mod:`ada_utils.covariance`). seed: the split. strata: ``(n,)`` optional stratum of each
+            row (constant within a group); each half holds half of every stratum's groups.
+
+    Returns:
+        ``(U, V)``: two ``(n, k)`` float64 arrays, row i from the CCA fitted on the other half.
+    """
+    X, Y = as_matrix(X, name="X"), as_matrix(Y, name="Y")
+    groups = np.asarray(groups)
+    if not len(groups) == len(X) == len(Y):
+        raise ValueError(f"X, Y and groups must have the same rows; got {len(X)}, {len(Y)} and {len(groups)}")
+    half = _half_of_groups(groups, seed=seed, strata=strata)
+    k = min(X.shape[1], Y.shape[1]) if k is None else k
+    U, V = np.empty((len(X), k)), np.empty((len(X), k))
+    for fit, test in ((half, ~half), (~half, half)):
+        u, v = fit_cca(X[fit], Y[fit], k=k, reg=reg).transform(X[test], Y[test])
+        U[test], V[test] = u - u.mean(0), v - v.mean(0)
+    return U, V
+
+
+def crossfit_canonical_correlations(X: Any, Y: Any, groups: Any, *, k: int | None = None, reg: Reg = "auto",
+                                    seed: int = 0, strata: Any = None) -> np.ndarray:
+    """Held-out canonical correlations: correlations of the cross-fitted variates (:func:`crossfit_variates`).
+
+    Unlike :func:`canonical_correlations` (in-sample, ``>= 0`` and biased upward when ``n`` is small against the
+    dimension or rows repeat), each value is measured on groups its CCA was not fitted on: about 0 for
+    independent features, close to the population ρ for a real signal; it can be negative.
+
+    Args:
+        X: ``(n, p)``; Y: ``(n, q)``, matched rows. groups: ``(n,)`` model of each row. k, reg, seed, strata:
+            as :func:`crossfit_variates`.
+
+    Returns:
+        ``(k,)`` float64 in ``(-1, 1)``, in the order of the training canonical correlations (not re-sorted:
+        sorting held-out values would select noise upward).
+    """
+    return column_correlations(*crossfit_variates(X, Y, groups, k=k, reg=reg, seed=seed, strata=strata))
+
+
 def select_cca_reg(X: Any, Y: Any, groups: Any, *, regs: Sequence[Reg] = ("auto", 0.3, 0.5, 0.7, 0.9),
                    seed: int = 0) -> tuple[Reg, dict[str, float]]:
-    """Pick the CCA shrinkage by 2-fold cross-validation over groups (models): fit on half of the models,
-    score the mean held-out correlation of all canonical variates on the other half, both ways.
+    """Pick the CCA shrinkage by 2-fold cross-validation over groups (models): the mean held-out correlation of
+    all canonical variates (:func:`crossfit_canonical_correlations`).
 
     Args:
         X: ``(n, p)``; Y: ``(n, q)`` matched training pairs; groups: ``(n,)`` model of each pair.
@@ -217,17 +295,7 @@ def select_cca_reg(X: Any, Y: Any, groups: Any, *, regs: Sequence[Reg] = ("auto"
     Returns:
         The best ``reg`` and ``{str(reg): mean held-out correlation}``.
     """
-    X, Y = as_matrix(X, name="X"), as_matrix(Y, name="Y")
-    labels = np.unique(np.asarray(groups))
-    if len(labels) < 4:
-        raise ValueError(f"select_cca_reg needs at least 4 groups (models) to cross-validate; got {len(labels)}")
-    half = np.isin(np.asarray(groups), np.random.default_rng(seed).permutation(labels)[: len(labels) // 2])
-    scores: dict[str, float] = {}
-    for reg in regs:
-        folds = []
-        for fit, test in ((half, ~half), (~half, half)):
-            u, v = fit_cca(X[fit], Y[fit], reg=reg).transform(X[test], Y[test])
-            folds.append(float(column_correlations(u, v).mean()))
-        scores[str(reg)] = float(np.mean(folds))
+    scores = {str(reg): float(crossfit_canonical_correlations(X, Y, groups, reg=reg, seed=seed).mean())
+              for reg in regs}
     best = max(regs, key=lambda r: scores[str(r)])
     return best, scores

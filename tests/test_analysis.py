@@ -1,12 +1,14 @@
-"""Tests for ada_utils.analysis: features (pairing rule, shuffled-pair null, dimension choice, pool maps, training
-pairs), measures (distance terms, held-out alignment, restricted maps) and paths (relative, never absolute)."""
+"""Tests for ada_utils.analysis: features (pairing rule, grouped null, no-signal control, pool maps, training pairs),
+the common basis, measures (distance terms, cross-fitted rows against the null, held-out alignment, maps in the
+basis) and paths (relative, never absolute)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ada_utils.analysis.features import FeatureSet, Pairs, pair_indices, top_variance_dims, training_pair_features
+from ada_utils.analysis.basis import common_bases, principal_directions
+from ada_utils.analysis.features import FeatureSet, Pairs, control_pairs, pair_indices, training_pair_features
 from ada_utils.train import TrainData
 
 
@@ -16,16 +18,69 @@ def test_pair_indices_cycle_through_each_models_exemplars() -> None:
     np.testing.assert_array_equal(ei, [1, 1, 0, 2, 0])
 
 
-def test_shuffled_pairs_never_keep_their_model_and_top_variance_dims() -> None:
-    model = np.repeat(np.arange(6), [1, 2, 3, 4, 5, 6])
-    real = np.arange(len(model), dtype=float)[:, None]
-    p = Pairs(np.zeros((len(model), 1)), real, model, np.full(len(model), "c"), np.arange(len(model)))
-    s = p.shuffled(0)
-    assert np.all(model[s.real[:, 0].astype(int)] != model)  # every real row now belongs to another model
-    np.testing.assert_array_equal(np.sort(s.real[:, 0]), real[:, 0])
-    X = np.random.default_rng(0).standard_normal((50, 4)) * [1, 5, 0.1, 3]
-    np.testing.assert_array_equal(top_variance_dims(X, 2), [1, 3])
-    np.testing.assert_array_equal(top_variance_dims(X, 0), np.arange(4))
+def grouped_pairs() -> Pairs:
+    """Two test cases: 4 one-exemplar models of 3 rows, and 3 style models of 4 rows cycling over 2 exemplars."""
+    model = np.r_[np.repeat(np.arange(4), 3), np.repeat(np.arange(4, 7), 4)]
+    case = np.where(model < 4, "objects", "styles")
+    exemplar = np.r_[np.repeat(np.arange(4), 3), 4 + 2 * np.repeat(np.arange(3), 4) + np.tile([0, 1], 6)]
+    rows = np.arange(len(model), dtype=float)[:, None]
+    return Pairs(rows.copy(), rows.copy(), model, case, exemplar)
+
+
+def test_model_permuted_keeps_the_grouping_and_breaks_the_match() -> None:
+    p = grouped_pairs()
+    q = p.model_permuted(0)
+    np.testing.assert_array_equal(q.synth, p.synth)
+    np.testing.assert_array_equal(q.model, p.model)
+    donor = p.model[q.real[:, 0].astype(int)]  # the model each real row now comes from
+    assert np.all(donor != p.model)  # no model keeps its own exemplars
+    assert np.all(p.case[q.real[:, 0].astype(int)] == p.case)  # permuted within a test case only
+    for m in np.unique(p.model):  # each model's rows come from one other model, in order, exemplars together
+        rows = p.model == m
+        assert len(set(donor[rows])) == 1
+        np.testing.assert_array_equal(q.exemplar[rows], p.exemplar[p.model == donor[rows][0]])
+    assert sorted(np.unique(donor[p.case == "styles"])) == [4, 5, 6]  # a permutation: every model donates once
+    assert not np.array_equal(p.model_permuted(1).real, q.real) or not np.array_equal(p.model_permuted(2).real, q.real)
+    single = Pairs(p.synth[:3], p.real[:3], p.model[:3], p.case[:3], p.exemplar[:3])
+    with pytest.raises(ValueError, match="single model"):
+        single.model_permuted(0)
+
+
+def test_control_pairs_repeat_each_exemplars_vector_only() -> None:
+    p = grouped_pairs()
+    c = control_pairs(p, dim=5, seed=3)
+    assert c.synth.shape == c.real.shape == (len(p.model), 5)
+    for e in np.unique(p.exemplar):  # one vector per exemplar, wherever it repeats
+        assert len(np.unique(c.real[p.exemplar == e], axis=0)) == 1
+    assert len(np.unique(c.real, axis=0)) == len(np.unique(p.exemplar))
+    assert len(np.unique(c.synth, axis=0)) == len(p.model)  # every query its own vector
+    np.testing.assert_array_equal(c.model, p.model)
+    np.testing.assert_array_equal(c.exemplar, p.exemplar)
+    np.testing.assert_array_equal(control_pairs(p, dim=5, seed=3).real, c.real)
+
+
+def test_principal_directions_ignore_the_domain_shift_and_bases_are_shared_per_backbone() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 4)) * [1, 5, 0.1, 3]
+    domain = np.repeat([0, 1], 200)
+    X[domain == 1, 0] += 100.0  # a huge mean shift along axis 0: not a direction of within-domain variance
+    B = principal_directions(X, domain, 2)
+    assert B.shape == (4, 2)
+    np.testing.assert_allclose(np.abs(B), np.eye(4)[:, [1, 3]], atol=0.05)
+    np.testing.assert_allclose(B.T @ B, np.eye(2), atol=1e-12)
+    assert np.all(B[np.abs(B).argmax(0), [0, 1]] > 0)  # signs fixed
+    assert principal_directions(X, domain, 0).shape == (4, 4)
+    pool = TrainData(X.astype(np.float32), domain)
+    other = TrainData(rng.standard_normal((50, 4)).astype(np.float32), np.repeat([0, 1], 25))
+    sets = {"pretrained": FeatureSet("pretrained", None, pool), "ada": FeatureSet("ada", None, pool, lambda x: 2 * x),
+            "random": FeatureSet("random", None, other)}
+    bases = common_bases(sets, 2)
+    assert bases["pretrained"] is bases["ada"]  # one basis per backbone: a head is read in its backbone's basis
+    np.testing.assert_allclose(bases["ada"], principal_directions(X, domain, 2), atol=1e-5)  # pool is float32
+    assert not np.allclose(np.abs(bases["random"]), np.abs(bases["ada"]))
+    p = Pairs(X[:5], X[5:10], np.arange(5), np.full(5, "c"), np.arange(5)).in_basis(bases["ada"])
+    np.testing.assert_allclose(p.synth, X[:5] @ bases["ada"])
+    np.testing.assert_allclose(p.real, X[5:10] @ bases["ada"])
 
 
 def test_pool_goes_through_each_domains_map() -> None:
@@ -42,12 +97,12 @@ def test_pool_goes_through_each_domains_map() -> None:
 
 # ---- ada_utils.analysis.measures ---------------------------------------------------------------------------
 
-def test_unit_rows_and_restrict() -> None:
-    from ada_utils.analysis.measures import restrict, unit_rows
+def test_unit_rows_and_projected() -> None:
+    from ada_utils.analysis.measures import projected, unit_rows
 
     np.testing.assert_allclose(unit_rows(np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])),
                                [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])  # a zero row stays zero, no NaN
-    fn = restrict(lambda x: 2.0 * x, np.array([2, 0]))
+    fn = projected(lambda x: 2.0 * x, np.eye(3)[:, [2, 0]])
     out = fn(np.arange(6, dtype=np.float64).reshape(2, 3))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, [[4, 0], [10, 6]])
@@ -81,8 +136,8 @@ def test_matched_distance_terms_identities() -> None:
 
 
 def test_heldout_alignment_cca_finds_what_own_coordinates_miss() -> None:
-    """Real features are a rotation of the synthetic ones: CCA on training pairs undoes it, own coordinates
-    (whitened per domain, no pairs) cannot."""
+    """Real features are a rotation of the synthetic ones: CCA on training pairs undoes it, coordinates (one pooled
+    whitening, no pairs) cannot."""
     from ada_utils.analysis.measures import heldout_alignment
 
     rng = np.random.default_rng(0)
@@ -93,18 +148,62 @@ def test_heldout_alignment_cca_finds_what_own_coordinates_miss() -> None:
         return s + 0.1 * rng.standard_normal(s.shape), s @ rot + 0.1 * rng.standard_normal(s.shape)
 
     ts, tr = domain_pair(200)
-    pool = TrainData(np.vstack([tr, ts]).astype(np.float32), np.r_[np.zeros(200), np.ones(200)].astype(np.int64))
-    fs = FeatureSet("toy", None, pool)
     qs, qr = domain_pair(100)
     test = Pairs(qs, qr, np.repeat(np.arange(10), 10), np.full(100, "c"), np.arange(100))
-    dims = np.arange(4)
-    models, held = heldout_alignment(fs, test, (ts, tr, np.repeat(np.arange(20), 10)), dims, regs=(0.0, 0.5),
-                                     seed=0)
+    models, held = heldout_alignment(np.vstack([tr, ts]), test, (ts, tr, np.repeat(np.arange(20), 10)),
+                                     regs=(0.0, 0.5), seed=0)
     assert set(models) == {"whiten", "cca"} and held["cca_reg"] in ("0.0", "0.5")
     assert held["heldout_cca_mean"] > 0.95 and held["heldout_coord_mean"] < held["heldout_cca_mean"] - 0.2
-    u, v = models["whiten"].transform(ts, tr)  # the whitening is fitted on the pool, per domain
-    np.testing.assert_allclose(np.cov(u.T, bias=True), np.eye(4), atol=0.1)
-    np.testing.assert_allclose(np.cov(v.T, bias=True), np.eye(4), atol=0.1)
+    w = models["whiten"]  # one map for both domains, fitted on the pooled pool
+    np.testing.assert_array_equal(w.A, w.B)
+    u, v = w.transform(np.vstack([tr, ts]), np.vstack([tr, ts]))
+    np.testing.assert_allclose(np.cov(u.T, bias=True), np.eye(4), atol=0.05)
+
+
+def test_pooled_whitening_keeps_a_per_domain_head() -> None:
+    """The `whiten` head (per-domain whitening of the backbone): whitening each domain again gives back exactly the
+    backbone whitened per domain, so head and backbone would read the same; one pooled whitening keeps them apart."""
+    from ada_utils.analysis.measures import heldout_coordinates, pooled_whitening
+    from ada_utils.cca import column_correlations, fit_domain_whitening
+
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal((2000, 2)) * [2.0, 1.0]
+    mix = np.array([[1.0, 0.9], [0.9, 1.0]])  # the real side mixes its coordinates
+    raw = Pairs(s + 0.3 * rng.standard_normal(s.shape), s @ mix + 0.3 * rng.standard_normal(s.shape),
+                np.repeat(np.arange(200), 10), np.full(2000, "c"), np.arange(2000))
+    head = fit_domain_whitening(raw.synth, raw.real, reg=0)
+    out = Pairs(*head.transform(raw.synth, raw.real), raw.model, raw.case, raw.exemplar)
+
+    def per_domain(p: Pairs) -> np.ndarray:
+        return column_correlations(*fit_domain_whitening(p.synth, p.real, reg=0).transform(p.synth, p.real))
+
+    def pooled(p: Pairs) -> np.ndarray:
+        return column_correlations(*heldout_coordinates(p, pooled_whitening(np.vstack([p.synth, p.real]), reg=0)))
+
+    np.testing.assert_allclose(per_domain(out), per_domain(raw), atol=1e-9)  # the head is erased
+    assert abs(pooled(out).mean() - pooled(raw).mean()) > 0.1  # the shared map keeps what the head did
+    np.testing.assert_allclose(pooled(out), per_domain(raw), atol=1e-6)  # a whitened head's pooled map: ~identity
+
+
+def test_crossfit_row_null_and_control() -> None:
+    """A real per-model signal lies above its grouped null held out; Gaussian features with the same grouping lie
+    inside it held out, while their in-sample value is far above 0."""
+    from ada_utils.analysis.measures import control_row, crossfit_row, inside
+
+    rng = np.random.default_rng(2)
+    model = np.repeat(np.arange(60), 10)
+    case = np.where(model < 30, "a", "b")
+    exemplar = model.copy()
+    concept = rng.standard_normal((60, 8))[model]
+    p = Pairs(concept + rng.standard_normal((600, 8)), concept + 0.5 * rng.standard_normal((60, 8))[exemplar],
+              model, case, exemplar)
+    row = crossfit_row(p, top=2, n_perm=10, seed=0)
+    assert set(row) == {"held-out ρ", "null low", "null high", "null mean", "in-sample ρ", "in-sample null"}
+    assert row["held-out ρ"] > row["null high"] > row["null low"] and not inside(row)
+    assert row["in-sample ρ"] > row["held-out ρ"] and abs(row["null mean"]) < 0.1
+    ctrl = control_row(p, dim=8, n_draws=3, top=2, n_perm=10, seed=0)
+    assert inside(ctrl) and ctrl["draws"] == 3 and ctrl["in-sample ρ"] > 0.15 > abs(ctrl["held-out ρ"])
+    assert crossfit_row(p, top=2, n_perm=10, seed=0) == row  # deterministic by seed
 
 
 def test_mean_correlation_statistic() -> None:

@@ -53,18 +53,18 @@ def test_heatmap_grid_panels_images_and_shared_scale() -> None:
 
 
 def test_spectra_figure_lines_scales_and_labels() -> None:
-    canon = {e: {"matched": np.array([0.9, 0.5, 0.1]), "shuffled": np.array([0.3, 0.2, 0.1])} for e in ("a", "b")}
+    canon = {e: {"matched": np.array([0.9, 0.5, 0.1]), "null": np.array([0.03, -0.02, 0.01])} for e in ("a", "b")}
     eig = {e: {"real": np.array([3.0, 1.0, 0.5, 0.1]), "synthetic": np.array([2.0, 1.0, 0.6, 0.4])} for e in canon}
-    fig = ap.spectra_figure(canon, eig, title="s")
+    fig = ap.spectra_figure({**canon, "control": canon["a"]}, eig, title="s")
     left, right = fig.axes
     assert fig._suptitle.get_text() == "s"
-    assert len(left.lines) == 4 and len(right.lines) == 4  # matched + shuffled / real + synthetic per encoder
+    assert len(left.lines) == 6 + 1 and len(right.lines) == 4  # matched + null per encoder, the zero line
     np.testing.assert_array_equal(left.lines[0].get_ydata(), canon["a"]["matched"])
-    assert [ln.get_linestyle() for ln in left.lines] == ["-", "--", "-", "--"]
-    assert left.get_ylim() == (0, 1) and left.get_ylabel() == "canonical correlation ρ"
-    assert left.get_xlabel() == "component (sorted)"
+    assert [ln.get_linestyle() for ln in left.lines[:6]] == ["-", "--"] * 3
+    assert left.get_ylim() == pytest.approx((-0.07, 1)) and left.get_ylabel() == "held-out canonical correlation ρ"
+    assert left.get_xlabel() == "component (training order)" and "grouped null" in left.get_title()
     assert right.get_yscale() == "log" and right.get_xlabel() == "eigenvalue index"
-    assert [t.get_text() for t in left.get_legend().get_texts()] == ["a matched", "b matched"]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["a matched", "b matched", "control matched"]
     assert len(right.get_legend().get_texts()) == 4
 
 
@@ -81,16 +81,23 @@ def test_map_2d_panels_markers_and_axis_labels() -> None:
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["real exemplar", "synthetic"]
 
 
-def test_ci_figure_one_panel_per_statistic_with_intervals(table: pd.DataFrame) -> None:
-    fig = ap.ci_figure(table, ["x", "y"], title="c")
-    assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["x", "y"]
-    assert fig.axes[0].get_ylabel() == "value (unitless)"
-    for ax, s in zip(fig.axes, ("x", "y")):
-        assert [t.get_text() for t in ax.get_xticklabels()] == list(table.index)
-        assert len(ax.containers) == 1  # the error bars
-        np.testing.assert_allclose(ax.collections[-1].get_offsets()[:, 1], table[s])  # the estimates
-    segments = fig.axes[0].containers[0].lines[2][0].get_segments()
-    np.testing.assert_allclose([seg[:, 1] for seg in segments], table[["x_lo", "x_hi"]].to_numpy())
+def test_heldout_figure_null_bars_and_both_estimates() -> None:
+    rows = pd.DataFrame({"held-out ρ": [0.02, 0.3, 0.0], "null low": [-0.05, -0.04, -0.03],
+                         "null high": [0.05, 0.04, 0.03], "in-sample ρ": [0.3, 0.6, 0.35]},
+                        index=["random", "ada", "control"])
+    fig = ap.heldout_figure(rows, title="h")
+    (ax,) = fig.axes
+    assert fig._suptitle.get_text() == "h" and ax.get_ylabel() == "mean canonical correlation (unitless)"
+    bars = ax.patches
+    assert len(bars) == 3
+    np.testing.assert_allclose([b.get_y() for b in bars], rows["null low"])
+    np.testing.assert_allclose([b.get_y() + b.get_height() for b in bars], rows["null high"])
+    held, insample = ax.collections
+    np.testing.assert_allclose(held.get_offsets()[:, 1], rows["held-out ρ"])
+    np.testing.assert_allclose(insample.get_offsets()[:, 1], rows["in-sample ρ"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(rows.index)
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == [
+        "grouped null, 95 % range", "held-out (cross-fitted)", "in-sample (aside, biased)"]
 
 
 def test_stat_vs_recall_points_names_and_spearman(table: pd.DataFrame) -> None:
@@ -107,13 +114,18 @@ def test_stat_vs_recall_points_names_and_spearman(table: pd.DataFrame) -> None:
 
 
 def test_decomposition_figure_bars_and_labels(table: pd.DataFrame) -> None:
-    dec = table.assign(coord_corr_mean=[0.1, 0.2, 0.3], cca_mean=[0.4, 0.5, 0.6], isotropy_x=-0.1, isotropy_y=-0.2)
+    dec = table.assign(heldout_coord_mean=[0.1, 0.2, 0.3], heldout_cca_mean=[0.4, 0.5, 0.6], isotropy_x=-0.1,
+                       isotropy_y=-0.2)
     fig = ap.decomposition_figure(dec, title="d")
     left, right = fig.axes
     assert fig._suptitle.get_text() == "d"
     assert len(left.patches) == 3 * 2 and len(right.patches) == 3 * 2  # 2 terms x 3 encoders per panel
     np.testing.assert_allclose([p.get_height() for p in left.patches], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    assert left.get_title() == "alignment vs the CCA objective" and right.get_title().startswith("disentanglement")
+    assert left.get_title().startswith("alignment vs the CCA objective") and right.get_title().startswith(
+        "disentanglement")
+    assert [t.get_text() for t in left.get_legend().get_texts()] == [
+        "coordinates, pooled whitening of the training pool (held out)", "CCA fitted on training pairs (held out)"]
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["synthetic", "real"]
-    held = ap.decomposition_figure(dec.assign(heldout_cca_mean=0.3), title="d")
-    assert len(held.axes[0].patches) == 3 * 3 and len(held.axes[0].get_legend().get_texts()) == 3
+    aside = ap.decomposition_figure(dec.assign(cca_mean=0.7), title="d")
+    assert len(aside.axes[0].patches) == 3 * 3 and len(aside.axes[0].get_legend().get_texts()) == 3
+    assert aside.axes[0].patches[-1].get_hatch() == "//"  # the in-sample bar is marked as an aside

@@ -135,3 +135,46 @@ def test_select_cca_reg_prefers_shrinkage_when_dims_rival_samples() -> None:
     assert scores["0.0"] < scores[str(best)]
     with pytest.raises(ValueError, match="at least 4 groups"):
         cca.select_cca_reg(X, Y, np.repeat(np.arange(3), 40))
+
+
+# ---- cross-fitted (held-out) CCA ---------------------------------------------------------------------------
+
+def test_crossfit_recovers_known_canonical_correlations() -> None:
+    X, Y = latent_pairs(6000, [0.8, 0.5], p=6, q=5, seed=11)
+    groups = np.repeat(np.arange(300), 20)
+    got = cca.crossfit_canonical_correlations(X, Y, groups, reg=0, seed=0)
+    assert got.shape == (5,) and got.dtype == np.float64
+    np.testing.assert_allclose(got[:2], [0.8, 0.5], atol=0.03)  # held out, close to the population ρ
+    assert np.all(np.abs(got[2:]) < 0.06)  # no signal: about 0 held out (in-sample they are all > 0)
+    U, V = cca.crossfit_variates(X, Y, groups, k=2, reg=0, seed=0)
+    assert U.shape == V.shape == (6000, 2)
+    np.testing.assert_allclose(cca.column_correlations(U, V), got[:2], atol=1e-12)
+
+
+def test_crossfit_is_about_zero_for_independent_grouped_features() -> None:
+    """The reviewer's setting: 460 groups of 11 rows, each group's real vector repeated, d = 64, no signal at all.
+    In-sample CCA finds correlation in the repeats; cross-fitting over groups does not."""
+    rng = np.random.default_rng(12)
+    groups = np.repeat(np.arange(460), 11)
+    X = rng.standard_normal((len(groups), 64))
+    Y = rng.standard_normal((460, 64))[groups]
+    assert cca.canonical_correlations(X, Y)[:8].mean() > 0.15
+    held = cca.crossfit_canonical_correlations(X, Y, groups, seed=0)
+    assert abs(held[:8].mean()) < 0.03 and abs(held.mean()) < 0.02
+
+
+def test_crossfit_split_is_seeded_stratified_and_checked() -> None:
+    X, Y = latent_pairs(400, [0.7], p=3, q=3, seed=13)
+    groups, strata = np.repeat(np.arange(20), 20), np.repeat(np.arange(20) < 10, 20)
+    a = cca.crossfit_canonical_correlations(X, Y, groups, seed=1, strata=strata)
+    np.testing.assert_array_equal(a, cca.crossfit_canonical_correlations(X, Y, groups, seed=1, strata=strata))
+    assert not np.array_equal(a, cca.crossfit_canonical_correlations(X, Y, groups, seed=2, strata=strata))
+    half = cca._half_of_groups(groups, seed=1, strata=strata)
+    assert half.sum() == 200 and half[strata].sum() == 100  # half of each stratum's groups
+    assert all(len(set(half[groups == g])) == 1 for g in range(20))  # a group is never split
+    U, _ = cca.crossfit_variates(X, Y, groups, seed=1, strata=strata)
+    np.testing.assert_allclose(U[half].mean(0), 0, atol=1e-12)  # each fold centred on itself
+    with pytest.raises(ValueError, match="at least 4 groups"):
+        cca.crossfit_canonical_correlations(X, Y, np.repeat(np.arange(2), 200))
+    with pytest.raises(ValueError, match="same rows"):
+        cca.crossfit_variates(X, Y, groups[:-1])

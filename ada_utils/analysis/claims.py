@@ -1,15 +1,16 @@
 """The claims of the analysis chapters, judged as data: checks with intervals, verdicts, claim summaries.
 
 A :class:`Check` is one testable consequence of a paper claim: an estimate of a difference A − B with its 95 %
-interval. Its verdict is a :class:`ada_utils.eval.statistics.Verdict` (interval above 0, containing 0, below 0),
-the rule of the book's introduction ("How to read the numbers") that every chapter uses; text ("supported",
-...) is made from it, and a claim's overall reading (:func:`claim_support`) is computed from verdicts, never
-from text.
+interval. Its verdict is a :class:`ada_utils.eval.statistics.Verdict` read with a zero margin (interval above 0:
+supported; below 0: contradicted; containing 0: inconclusive), the rule of the book's introduction ("How to read
+the numbers"); text is made from it, and a claim's overall reading (:func:`claim_support`) is computed from
+verdicts, never from text. A non-inferiority margin has no meaning for these correlation statistics, so none is
+used.
 
 Chapter 01 (the cross-covariance) judges its checks with :func:`cross_covariance_checks`; chapter 02 (the CCA
 objective) with :func:`identities_hold`, :func:`heldout_coordinate_check` and :func:`supervised_gain_share`.
-The statistics are :func:`ada_utils.cca.decomposition` on the matched test pairs of
-:mod:`ada_utils.analysis.features`.
+Every check reads held-out numbers (:mod:`ada_utils.analysis.measures`) on the matched test pairs of
+:mod:`ada_utils.analysis.features`, in the common basis of :mod:`ada_utils.analysis.basis`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ada_utils import cca
-from ada_utils.analysis.features import Pairs
-from ada_utils.analysis.measures import mean_correlation
+from ada_utils.analysis.measures import heldout_gap, mean_correlation
 from ada_utils.eval.statistics import Verdict, paired_bootstrap
 
 #: The contrastive encoders that check (b) of chapter 01 compares with random initialisation, in this order.
@@ -48,8 +47,8 @@ class Check:
 
     @property
     def verdict(self) -> Verdict:
-        """Where the interval lies with respect to zero (:meth:`Verdict.of`)."""
-        return Verdict.of(self.low, self.high)
+        """Where the interval lies with respect to zero (:meth:`Verdict.of` with ``margin=0``)."""
+        return Verdict.of(self.low, self.high, margin=0)
 
     def record(self) -> dict[str, float | str]:
         """A JSON / table row: ``estimate``, ``low``, ``high`` as floats and the verdict's word."""
@@ -57,7 +56,7 @@ class Check:
                 "verdict": self.verdict.word}
 
     def text(self) -> str:
-        """``"+0.012 [-0.003, +0.020]: inconclusive (interval includes 0)"``: three decimals and the word."""
+        """``"+0.012 [-0.003, +0.020]: inconclusive"``: three decimals and the word."""
         return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]: {self.verdict.word}"
 
 
@@ -110,57 +109,45 @@ def spearman_reading(rho: float, *, strong: float = 0.8) -> str:
     return "orders the encoders opposite to retrieval" if rho <= -strong else "does not predict the ranking"
 
 
-def decomposition_difference(a: Pairs, dims_a: np.ndarray, b: Pairs, dims_b: np.ndarray, key: str, *,
-                             n_boot: int, seed: int, method: str = "normal") -> tuple[float, float, float]:
-    """``decomposition(a)[key] − decomposition(b)[key]`` on the same test pairs, models resampled jointly.
+def null_check(label: str, row: Mapping[str, float], *, claim: int = 0) -> Check:
+    """Held-out ρ minus its grouped null (a :func:`ada_utils.analysis.measures.crossfit_row`) as a :class:`Check`.
 
-    Args:
-        a, b: matched test pairs of two encoders (same rows, same models). dims_a, dims_b: their analysed
-            coordinates. key: a value of :func:`ada_utils.cca.decomposition` (e.g. ``"coord_share"``).
-        n_boot: bootstrap resamples. seed: resampling seed. method: ``"normal"`` (statistics that whiten
-            in-sample) or ``"percentile"``.
-
-    Returns:
-        ``(difference, low, high)`` (:func:`ada_utils.eval.statistics.paired_bootstrap`).
+    The estimate is ``held-out ρ − null mean``, the interval ``[held-out ρ − null high, held-out ρ − null low]``; it
+    lies above 0 exactly when the matched value exceeds the null's range (a permutation test).
     """
-    if len(a.model) != len(b.model) or not np.array_equal(a.model, b.model):
-        raise ValueError("decomposition_difference: both encoders must be measured on the same test pairs")
-    return paired_bootstrap((a.synth[:, dims_a], a.real[:, dims_a]), (b.synth[:, dims_b], b.real[:, dims_b]),
-                            a.model, stat=cca.decomposition, key=key, n_boot=n_boot, seed=seed, method=method)
+    value = row["held-out ρ"]
+    return Check(label, value - row["null mean"], value - row["null high"], value - row["null low"], claim)
 
 
-def cross_covariance_checks(table: pd.DataFrame, pairs: Mapping[str, Pairs], dims: Mapping[str, np.ndarray], *,
+def cross_covariance_checks(rows: Mapping[str, Mapping[str, float]],
+                            coords: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                            gaps: Mapping[str, tuple[np.ndarray, np.ndarray]], groups: np.ndarray, *,
                             n_boot: int, seed: int) -> list[Check]:
-    """The checks of chapter 01, in the order of the book.
+    """The checks of chapter 01, in the order of the book; every one reads held-out numbers.
 
-    (a) claim 1, each encoder but ``random``: its whitened diagonal dominance interval minus the shuffled-pair
-    value (the null); (b) claim 1, ``align`` and ``ada`` minus ``random`` (paired); (c) claim 2, ``ada`` minus
-    ``pretrained`` in ``coord_share`` (paired). Paired checks use normal intervals (statistics that whiten
-    in-sample) and run only when both encoders are in ``pairs``.
+    (a) claim 1, each encoder but ``random``: its cross-fitted canonical correlation minus the grouped null
+    (:func:`null_check`); (b) claim 1, ``align`` and ``ada`` minus ``random`` in the held-out correlation of the
+    pair-free coordinates (:func:`heldout_coordinate_check`); (c) claim 2, ``pretrained`` minus ``ada`` in the
+    held-out gap between canonical variates and coordinates (:func:`ada_utils.analysis.measures.heldout_gap`; >
+    0 means ada's coordinates reach more of the held-out CCA). Paired checks resample models (percentile
+    intervals: the maps are fixed, nothing is refitted) and run only when both encoders are present.
 
     Args:
-        table: rows = encoders (in ``pairs`` order); columns ``diag_dominance_whitened_lo``/``_hi`` and
-            ``shuffled_diag_dominance_whitened`` (:func:`ada_utils.eval.statistics.flatten_ci`).
-        pairs: ``{encoder: matched test pairs}``. dims: ``{encoder: analysed coordinates}``.
-        n_boot: resamples of each paired interval. seed: their seed.
+        rows: ``{encoder: crossfit_row}``. coords: ``{encoder: (synth, real)}`` test pairs through the pooled
+            training whitening. gaps: ``{encoder: (X, Y)}`` of
+            :func:`ada_utils.analysis.measures.coordinates_and_canonical`. groups: ``(n,)`` model of each test
+            row (the same rows for every encoder). n_boot: resamples. seed: their seed.
     """
-    checks = []
-    for n in pairs:
-        if n != "random":
-            null = table.loc[n, "shuffled_diag_dominance_whitened"]
-            lo = table.loc[n, "diag_dominance_whitened_lo"] - null
-            hi = table.loc[n, "diag_dominance_whitened_hi"] - null
-            checks.append(Check(f"(a) {n}: whitened diagonal, matched − shuffled", (lo + hi) / 2, lo, hi, 1))
-
-    def paired(x: str, y: str, key: str) -> tuple[float, float, float]:
-        return decomposition_difference(pairs[x], dims[x], pairs[y], dims[y], key, n_boot=n_boot, seed=seed)
-
-    if "random" in pairs:
-        for n in (c for c in CONTRASTIVE if c in pairs):
-            checks.append(Check(f"(b) {n} − random: whitened diagonal", *paired(n, "random",
-                                                                               "diag_dominance_whitened"), 1))
-    if "ada" in pairs and "pretrained" in pairs:
-        checks.append(Check("(c) ada − pretrained: coord_share", *paired("ada", "pretrained", "coord_share"), 2))
+    checks = [null_check(f"(a) {n}: held-out canonical correlation, matched − grouped null", rows[n], claim=1)
+              for n in rows if n != "random"]
+    if "random" in coords:
+        checks += [heldout_coordinate_check(coords, groups, a=n, b="random", n_boot=n_boot, seed=seed,
+                                            label=f"(b) {n} − random: held-out coordinate correlation", claim=1)
+                   for n in CONTRASTIVE if n in coords]
+    if "ada" in gaps and "pretrained" in gaps:
+        est, lo, hi = paired_bootstrap(gaps["pretrained"], gaps["ada"], groups, stat=heldout_gap, key="gap",
+                                       n_boot=n_boot, seed=seed)
+        checks.append(Check("(c) pretrained − ada: held-out gap (canonical − coordinates)", est, lo, hi, 2))
     return checks
 
 
@@ -177,23 +164,23 @@ def identities_hold(terms: Mapping[str, Mapping[str, float]], *, atol: float = 1
                     for t in terms.values()))
 
 
-def heldout_coordinate_check(whiten: Mapping[str, cca.CCAModel], pairs: Mapping[str, Pairs],
-                             dims: Mapping[str, np.ndarray], *, a: str = "ada", b: str = "pretrained",
+def heldout_coordinate_check(coords: Mapping[str, tuple[np.ndarray, np.ndarray]], groups: np.ndarray, *,
+                             a: str = "ada", b: str = "pretrained", label: str | None = None, claim: int = 0,
                              n_boot: int, seed: int) -> Check:
-    """Check (ii) of chapter 02: ``a`` − ``b`` in the mean held-out correlation of the own whitened coordinates.
+    """``a`` − ``b`` in the mean held-out correlation of the pair-free coordinates (check (ii) of chapter 02).
 
-    The whitening maps were fitted on the training pool (nothing is whitened in-sample), so the paired
-    bootstrap over models uses percentile intervals.
+    The coordinates are the test pairs through each encoder's pooled whitening fitted on its training pool
+    (:func:`ada_utils.analysis.measures.pooled_whitening`): fixed maps, so the paired bootstrap over models uses
+    percentile intervals.
 
     Args:
-        whiten: ``{encoder: per-domain whitening}`` (:func:`ada_utils.analysis.measures.heldout_alignment`).
-        pairs: ``{encoder: matched test pairs}``. dims: ``{encoder: analysed coordinates}``.
-        a, b: the encoders compared. n_boot: resamples. seed: their seed.
+        coords: ``{encoder: (synth (n, k), real (n, k))}`` (:func:`ada_utils.analysis.measures.heldout_coordinates`).
+        groups: ``(n,)`` model of each row. a, b: the encoders compared. label: the row name (default: check
+        (ii)'s). claim: the claim it tests. n_boot: resamples. seed: their seed.
     """
-    arms = [whiten[n].transform(pairs[n].synth[:, dims[n]], pairs[n].real[:, dims[n]]) for n in (a, b)]
-    est, lo, hi = paired_bootstrap(*arms, pairs[a].model, stat=mean_correlation, key="r", n_boot=n_boot,
+    est, lo, hi = paired_bootstrap(coords[a], coords[b], groups, stat=mean_correlation, key="r", n_boot=n_boot,
                                    seed=seed)
-    return Check(f"(ii) {a} − {b}, held-out coordinate correlation", est, lo, hi)
+    return Check(label or f"(ii) {a} − {b}, held-out coordinate correlation", est, lo, hi, claim)
 
 
 def supervised_gain_share(base: float, top: float, got: float, *, name: str = "ada"
@@ -201,21 +188,22 @@ def supervised_gain_share(base: float, top: float, got: float, *, name: str = "a
     """Check (iii) of chapter 02: the share of the supervised-CCA R@5 gain that ``name`` reaches without pairs.
 
     ``share = (got − base) / (top − base)``, a point estimate (no interval): its verdict is that of the
-    degenerate interval ``[share, share]``, so only ``Verdict.ABOVE`` (share > 0) reads "supported".
+    degenerate interval ``[share, share]`` at zero margin, so only ``Verdict.ABOVE`` (share > 0) reads
+    "supported".
 
     Args:
-        base: R@5 of the backbone's own analysed coordinates. top: R@5 of CCA fitted on the training pairs, same
-            coordinates. got: R@5 of ``name`` on its analysed coordinates.
+        base: R@5 of the backbone in the common basis. top: R@5 of CCA fitted on the training pairs, in the same
+            basis. got: R@5 of ``name`` in the same basis (:mod:`ada_utils.analysis.basis`).
 
     Returns:
         ``(text, verdict)``; verdict None when there is no supervised gain to approach (``top <= base``).
     """
     if top <= base:
-        return (f"not measurable: CCA fitted on the training pairs ({top:.3f}) does not beat the backbone's own "
-                f"coordinates ({base:.3f}) on these test models, so there is no supervised gain to approach "
+        return (f"not measurable: CCA fitted on the training pairs ({top:.3f}) does not beat the backbone "
+                f"({base:.3f}, same basis) on these test models, so there is no supervised gain to approach "
                 f"({name}: {got:.3f})"), None
     share = (got - base) / (top - base)
-    verdict = Verdict.of(share, share)
+    verdict = Verdict.of(share, share, margin=0)
     word = "supported" if verdict is Verdict.ABOVE else "not supported on our data"
     return (f"{share:.2f} (backbone {base:.3f}, {name} {got:.3f}, CCA on training pairs {top:.3f}, same "
-            f"coordinates): {word}"), verdict
+            f"basis): {word}"), verdict

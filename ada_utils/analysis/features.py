@@ -3,7 +3,11 @@
 For each encoder (``random``, ``pretrained`` or a ``03_train`` method) a :class:`FeatureSet` holds the raw
 backbone features of the test cells and of the unlabelled training pool, embedded once per backbone, plus the
 trained head as numpy maps; :func:`matched_pairs` turns it into the matched (synthetic query, real exemplar of
-its model) test pairs. Conventions: rows are samples; model ids are made unique across test cases.
+its model) test pairs. Every encoder is read in one coordinate basis per backbone: the top-k
+principal directions of the backbone's features on the training pool, applied to the backbone and to every head
+on it (:mod:`.basis`). :meth:`Pairs.model_permuted` is the grouped null and :func:`control_pairs` the no-signal
+control of the cross-fitted statistics (:mod:`.measures`). Conventions: rows are samples; model ids are made unique across test
+cases.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ada_utils.cca import CCAModel
 
 if TYPE_CHECKING:
     from ada_utils.encoders.backbones import Encoder
@@ -201,19 +204,47 @@ class Pairs:
     case: np.ndarray
     exemplar: np.ndarray
 
-    def shuffled(self, seed: int) -> Pairs:
-        """The same rows with each real exemplar swapped for one of a *different* model (the null)."""
+    def in_basis(self, basis: np.ndarray) -> Pairs:
+        """The same pairs in the coordinates ``basis`` ``(D, k)`` (:mod:`ada_utils.analysis.basis`): ``(n, k)`` a side."""
+        return Pairs(self.synth @ basis, self.real @ basis, self.model, self.case, self.exemplar)
+
+    def model_permuted(self, seed: int) -> Pairs:
+        """The grouped null: within each test case, model identities permuted (a random cycle over its models).
+
+        The synthetic rows of model m keep their order and their model id; their real rows become those of
+        another model m' of the same test case (row j of m gets row ``j mod n_m'`` of m'). Each model's rows stay
+        together and each exemplar keeps its repeats, so the null has the grouping of the matched pairs and only
+        the concept link is broken (shuffling single rows across models would break the grouping too).
+
+        Raises:
+            ValueError: a test case with a single model (nothing to permute).
+        """
         rng = np.random.default_rng(seed)
-        perm = rng.permutation(len(self.model))
-        for _ in range(1000):
-            bad = np.flatnonzero(self.model[perm] == self.model)
-            if not len(bad):
-                break
-            for i, j in zip(bad, rng.integers(0, len(perm), len(bad))):  # random swaps keep a permutation
-                perm[i], perm[j] = perm[j], perm[i]
-        else:
-            raise ValueError("cannot shuffle: one model holds more than half of the pairs")
-        return Pairs(self.synth, self.real[perm], self.model, self.case, self.exemplar[perm])
+        src = np.arange(len(self.model))
+        for case in np.unique(self.case):
+            models = rng.permutation(np.unique(self.model[self.case == case]))
+            if len(models) < 2:
+                raise ValueError(f"grouped null: test case {case!r} has a single model; nothing to permute")
+            for m, other in zip(models, np.roll(models, -1)):
+                rows, donor = np.flatnonzero(self.model == m), np.flatnonzero(self.model == other)
+                src[rows] = donor[np.arange(len(rows)) % len(donor)]
+        return Pairs(self.synth, self.real[src], self.model, self.case, self.exemplar[src])
+
+
+def control_pairs(pairs: Pairs, *, dim: int, seed: int) -> Pairs:
+    """Independent Gaussian features with exactly the grouping of ``pairs``: the no-signal control.
+
+    Each synthetic row gets its own ``N(0, I_dim)`` vector; each real exemplar gets one, repeated on every row
+    where that exemplar repeats; model, case and exemplar ids are those of ``pairs``. Any correlation a statistic
+    finds between the two sides is bias.
+
+    Returns:
+        ``Pairs`` with ``(n, dim)`` float64 features.
+    """
+    rng = np.random.default_rng(seed)
+    ids, inverse = np.unique(pairs.exemplar, return_inverse=True)
+    real = rng.standard_normal((len(ids), dim))[inverse]
+    return Pairs(rng.standard_normal((len(pairs.model), dim)), real, pairs.model, pairs.case, pairs.exemplar)
 
 
 def pair_indices(query_model: np.ndarray, exemplar_model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,34 +289,21 @@ def matched_pairs(fs: FeatureSet) -> Pairs:
                  np.concatenate(exemplar))
 
 
-def training_pair_features(fs: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_pair_features(fs: FeatureSet, basis: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Matched *training* pairs (``data.training_pairs``; training split only) from the pool features.
 
+    Args:
+        fs: the encoder. basis: optional ``(D', k)`` coordinates (:mod:`.basis`) to read them in.
+
     Returns:
-        ``synth (P, D')``, ``real (P, D')`` float64 (mapped) and ``model (P,)`` int64.
+        ``synth (P, D')``, ``real (P, D')`` float64 (mapped; ``(P, k)`` in ``basis``) and ``model (P,)`` int64.
     """
     real_rows, synth_rows = fs.pool.pairs[:, 0], fs.pool.pairs[:, 1]
-    return fs.synth(fs.pool.feats[synth_rows]), fs.real(fs.pool.feats[real_rows]), fs.pool.pair_model
-
-
-def top_variance_dims(X: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` columns of ``X`` ``(n, D)`` with the largest variance (all columns if ``k`` is 0)."""
-    order = np.argsort(-np.var(X, axis=0), kind="stable")
-    return np.sort(order[:k]) if 0 < k < X.shape[1] else np.arange(X.shape[1])
-
-
-def cca_maps(fs: FeatureSet, model: CCAModel, dims: np.ndarray) -> tuple[FeatureMap, FeatureMap]:
-    """``(real_map, synth_map)`` for ``evaluate``: the encoder's maps, its ``dims``, then the canonical
-    projection (``synth ↦ (x − mean_x) A``, ``real ↦ (y − mean_y) B``), each component scaled by its ρ."""
-    w = model.rho if len(model.rho) else np.ones(model.A.shape[1])
-
-    def real_map(x: np.ndarray) -> np.ndarray:
-        return ((fs.real(x)[:, dims] - model.mean_y) @ model.B * w).astype(np.float32)
-
-    def synth_map(x: np.ndarray) -> np.ndarray:
-        return ((fs.synth(x)[:, dims] - model.mean_x) @ model.A * w).astype(np.float32)
-
-    return real_map, synth_map
+    synth, real = fs.synth(fs.pool.feats[synth_rows]), fs.real(fs.pool.feats[real_rows])
+    if basis is not None:
+        synth, real = synth @ basis, real @ basis
+    return synth, real, fs.pool.pair_model
 
 
 def project_2d(X: np.ndarray, *, method: str, seed: int) -> np.ndarray:

@@ -47,18 +47,22 @@ def heatmap_grid(mats: Mapping[str, Mapping[str, np.ndarray]], *, title: str, la
 
 def spectra_figure(canon: Mapping[str, Mapping[str, np.ndarray]], eig: Mapping[str, Mapping[str, np.ndarray]], *,
                    title: str) -> plt.Figure:
-    """Left: canonical correlations per component (solid matched, dashed shuffled). Right: covariance spectra.
+    """Left: held-out canonical correlations per component (solid matched, dashed grouped null). Right: spectra.
 
     Args:
-        canon: ``{encoder: {"matched": (k,), "shuffled": (k,)}}``.
-        eig: ``{encoder: {"real": (d,), "synthetic": (d,)}}`` eigenvalues divided by their mean.
+        canon: ``{encoder: {"matched": (k,), "null": (k,)}}`` cross-fitted correlations in training order (can be
+            negative).
+        eig: ``{encoder: {"real": (d,), "synthetic": (d,)}}`` eigenvalues divided by their mean (a subset of the
+            encoders is fine).
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    low = min(0.0, *(float(np.min(v)) for c in canon.values() for v in c.values()))
     for name, c in canon.items():
         a.plot(np.arange(1, len(c["matched"]) + 1), c["matched"], color=color(name), label=f"{name} matched")
-        a.plot(np.arange(1, len(c["shuffled"]) + 1), c["shuffled"], color=color(name), ls="--", alpha=0.7)
-    a.set(xlabel="component (sorted)", ylabel="canonical correlation ρ", ylim=(0, 1),
-          title="canonical correlations (dashed: shuffled pairs)")
+        a.plot(np.arange(1, len(c["null"]) + 1), c["null"], color=color(name), ls="--", alpha=0.7)
+    a.axhline(0, color="k", lw=0.6)
+    a.set(xlabel="component (training order)", ylabel="held-out canonical correlation ρ", ylim=(low - 0.05, 1),
+          title="held-out canonical correlations (dashed: grouped null)")
     a.legend(fontsize=8)
     for name, e in eig.items():
         for dom, ls in (("real", "-"), ("synthetic", ":")):
@@ -97,22 +101,23 @@ def map_2d(points: Mapping[str, np.ndarray], domain: np.ndarray, concept: np.nda
     return fig
 
 
-def ci_figure(table: pd.DataFrame, stats: Sequence[str], *, title: str) -> plt.Figure:
-    """One panel per statistic: estimate with its bootstrap interval per encoder.
+def heldout_figure(rows: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Per encoder (and control): the grouped null's range (bar), the held-out ρ (dot), the in-sample ρ (hollow).
 
     Args:
-        table: rows = encoders; columns ``stat``, ``stat_lo``, ``stat_hi`` for each name in ``stats``.
+        rows: index = encoders; columns ``held-out ρ``, ``null low``, ``null high``, ``in-sample ρ``
+            (:func:`ada_utils.analysis.measures.crossfit_row`).
     """
-    fig, axes = plt.subplots(1, len(stats), figsize=(3.2 * len(stats), 3.6), squeeze=False, layout="constrained")
-    x = np.arange(len(table))
-    axes[0, 0].set_ylabel("value (unitless)")
-    for ax, s in zip(axes[0], stats):
-        est = table[s].to_numpy(float)
-        err = np.vstack([est - table[f"{s}_lo"].to_numpy(float), table[f"{s}_hi"].to_numpy(float) - est])
-        ax.errorbar(x, est, yerr=np.clip(err, 0, None), fmt="none", ecolor="k", capsize=3)
-        ax.scatter(x, est, color=[color(n) for n in table.index], zorder=3)
-        ax.set_xticks(x, table.index, rotation=30, ha="right")
-        ax.set_title(s)
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 3, 3.8), layout="constrained")
+    x = np.arange(len(rows))
+    lo, hi = rows["null low"].to_numpy(float), rows["null high"].to_numpy(float)
+    ax.bar(x, hi - lo, 0.5, bottom=lo, color="0.8", label="grouped null, 95 % range")
+    ax.scatter(x, rows["held-out ρ"], color=[color(n) for n in rows.index], zorder=3, label="held-out (cross-fitted)")
+    ax.scatter(x, rows["in-sample ρ"], facecolors="none", edgecolors="k", zorder=3, label="in-sample (aside, biased)")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, rows.index, rotation=30, ha="right")
+    ax.set(ylabel="mean canonical correlation (unitless)", title="matched pairs vs the grouped null")
+    ax.legend(fontsize=8)
     fig.suptitle(title)
     return fig
 
@@ -139,22 +144,23 @@ def stat_vs_recall(table: pd.DataFrame, stats: Sequence[str], *, recall: str = "
 
 
 def decomposition_figure(table: pd.DataFrame, *, title: str) -> plt.Figure:
-    """Grouped bars: per encoder, the whitened alignment term, the CCA optimum and the pair-free Infomax terms.
+    """Grouped bars: per encoder, the held-out alignment term and CCA, the in-sample CCA, the Infomax terms.
 
     Args:
-        table: rows = encoders; columns ``coord_corr_mean``, ``cca_mean``, ``isotropy_x``, ``isotropy_y`` and
-            optionally ``heldout_cca_mean`` (CCA fitted on training pairs, measured on test pairs).
+        table: rows = encoders; columns ``isotropy_x``, ``isotropy_y`` and any of ``heldout_coord_mean`` (pair-free
+            coordinates), ``heldout_cca_mean`` (CCA fitted on training pairs; both measured on test pairs) and
+            ``cca_mean`` (in-sample, shown hatched as an aside).
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    cols = [c for c in ("coord_corr_mean", "heldout_cca_mean", "cca_mean") if c in table]
-    labels = {"coord_corr_mean": "own coordinates after whitening (alignment term / d)",
-              "heldout_cca_mean": "CCA fitted on training pairs, test pairs",
-              "cca_mean": "in-sample CCA on test pairs (optimum)"}
+    cols = [c for c in ("heldout_coord_mean", "heldout_cca_mean", "cca_mean") if c in table]
+    labels = {"heldout_coord_mean": "coordinates, pooled whitening of the training pool (held out)",
+              "heldout_cca_mean": "CCA fitted on training pairs (held out)",
+              "cca_mean": "in-sample CCA on test pairs (aside, biased)"}
     x, w = np.arange(len(table)), 0.8 / len(cols)
     for i, c in enumerate(cols):
-        a.bar(x + i * w, table[c], w, color=PALETTE[i], label=labels[c])
+        a.bar(x + i * w, table[c], w, color=PALETTE[i], label=labels[c], hatch="//" if c == "cca_mean" else None)
     a.set_xticks(x + w * (len(cols) - 1) / 2, table.index, rotation=30, ha="right")
-    a.set(ylabel="mean correlation per dimension", title="alignment vs the CCA objective")
+    a.set(ylabel="mean correlation per dimension", title="alignment vs the CCA objective (test pairs)")
     a.legend(fontsize=8)
     for i, (c, lab) in enumerate((("isotropy_x", "synthetic"), ("isotropy_y", "real"))):
         b.bar(x + i * 0.4, table[c], 0.4, color=PALETTE[i + 3], label=lab)

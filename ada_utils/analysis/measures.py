@@ -1,11 +1,18 @@
 """Per-encoder measurements of the analysis chapters, computed on :mod:`.features` objects.
 
-Chapter 02 (the CCA objective, term by term) measures, for each encoder, the matched distance split into its
-trace terms (:func:`matched_distance_terms`), the correlation along its own whitened coordinates and along the
-canonical directions fitted on training pairs, both on held-out test pairs (:func:`heldout_alignment`), and its
-retrieval restricted to the analysed coordinates (:func:`restrict`, :func:`mean_over_cells`). The equations are
-the book's method page; the mathematics is :mod:`ada_utils.cca`. Conventions: rows are samples, ``synth`` and
-``real`` are matched row by row.
+Every number a chapter headlines is *held out*: fitted on one set of models, measured on others.
+  * Cross-fitted CCA on the test pairs (chapter 01, :func:`crossfit_row`): CCA fitted on half of the test models,
+    its canonical variates correlated on the other half, and swapped (:func:`ada_utils.cca.crossfit_variates`),
+    against the grouped null (:meth:`Pairs.model_permuted`: model identities permuted within a test case) and
+    the no-signal control (:func:`control_row`: Gaussian features with the test pairs' grouping).
+  * Pair-free coordinates (:func:`pooled_whitening`): one whitening for both domains, fitted on the encoder's
+    unlabelled *training* pool, read on the test pairs; one map for both domains keeps what a per-domain head did.
+  * CCA fitted on the *training* pairs and read on the test pairs (chapter 02, :func:`heldout_alignment`).
+In-sample canonical correlations (CCA fitted on the pairs it is measured on) are biased upward, most when rows
+repeat (an exemplar paired with many queries): chapters show them only as a labelled aside.
+Chapter 02 also splits the matched distance into its trace terms (:func:`matched_distance_terms`, an identity).
+The mathematics is :mod:`ada_utils.cca`. Conventions: rows are samples, ``synth`` and ``real`` are matched row by
+row, every array is in the common basis of :mod:`.basis`.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ada_utils import cca
-from ada_utils.analysis.features import FeatureMap, FeatureSet, Pairs
+from ada_utils.analysis.features import FeatureMap, Pairs, control_pairs
 from ada_utils.covariance import Reg
 from ada_utils.retrieval import unit_rows
 
@@ -27,7 +34,8 @@ def matched_distance_terms(synth: np.ndarray, real: np.ndarray) -> tuple[dict[st
     On L2-normalised rows, ``E‖a − b‖² = tr Cov(a) + tr Cov(b) − 2 tr Cov(a, b) + ‖E a − E b‖²``
     (:func:`ada_utils.cca.distance_terms`); ``residual`` is the left side minus the right side (0 up to
     round-off). After per-domain whitening the traces are ``d`` and ``distance / 2d = 1 − coord_corr_mean``; the
-    CCA optimum is ``1 − cca_mean``. The Gaussian mutual information is given both ways (log det and ρ).
+    CCA optimum is ``1 − cca_mean``. The Gaussian mutual information is given both ways (log det and ρ). These
+    are identities, checked in-sample on the test pairs; they are not held-out measurements.
 
     Args:
         synth: ``(n, d)`` synthetic features; real: ``(n, d)`` real features, matched rows.
@@ -46,37 +54,144 @@ def matched_distance_terms(synth: np.ndarray, real: np.ndarray) -> tuple[dict[st
     return terms, dec
 
 
-def heldout_alignment(fs: FeatureSet, test: Pairs, train: tuple[np.ndarray, np.ndarray, np.ndarray],
-                      dims: np.ndarray, *, regs: Sequence[Reg] = ("auto", 0.5, 0.9), seed: int = 0
-                      ) -> tuple[dict[str, cca.CCAModel], dict[str, Any]]:
-    """Fit on the training split, measure on the test pairs: per-domain whitening vs supervised CCA.
+def pooled_whitening(pool: np.ndarray, *, reg: Reg = "auto") -> cca.CCAModel:
+    """One ZCA whitening for both domains, fitted on an encoder's unlabelled training pool ``(N, k)`` (pooled).
 
-    The whitening is fitted per domain on the unlabelled training pool (no pairs); CCA on the matched training
-    pairs, its shrinkage chosen among ``regs`` by 2-fold cross-validation over training models
-    (:func:`ada_utils.cca.select_cca_reg`, split by ``seed``). Both are applied to the test pairs.
+    The same map on both sides is a change of coordinates shared by the domains: it decorrelates the coordinates
+    without undoing a per-domain head (whitening each domain again would turn any per-domain linear head into
+    per-domain whitening up to a rotation).
+    """
+    return cca.fit_domain_whitening(pool, pool, reg=reg)
+
+
+def _one_blas_thread() -> Any:
+    """A context with BLAS on one thread: the nulls' many small (k <= 256) factorisations ran 7x faster than on
+    two threads contending with other work on the 2-core machine (measured); results agree to round-off."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def heldout_spectrum(pairs: Pairs, *, seed: int, reg: Reg = "auto") -> np.ndarray:
+    """``(k,)`` cross-fitted canonical correlations of ``pairs``: 2 folds over models, stratified by test case, split
+    by ``seed`` (:func:`ada_utils.cca.crossfit_canonical_correlations`), in the training order."""
+    with _one_blas_thread():
+        return cca.crossfit_canonical_correlations(pairs.synth, pairs.real, pairs.model, reg=reg, seed=seed,
+                                                   strata=pairs.case)
+
+
+def heldout_rho(pairs: Pairs, *, top: int, seed: int, reg: Reg = "auto") -> float:
+    """Mean of the first ``top`` values of :func:`heldout_spectrum`: the chapters' headline statistic."""
+    return float(heldout_spectrum(pairs, seed=seed, reg=reg)[:top].mean())
+
+
+def insample_rho(pairs: Pairs, *, top: int, reg: Reg = "auto") -> float:
+    """Mean of the top ``top`` in-sample canonical correlations (biased upward: an aside, never a headline)."""
+    return float(cca.canonical_correlations(pairs.synth, pairs.real, reg=reg)[:top].mean())
+
+
+def crossfit_row(pairs: Pairs, *, top: int, n_perm: int, seed: int, level: float = 0.95) -> dict[str, float]:
+    """Held-out canonical correlation of one encoder's test pairs against its grouped null, and the in-sample aside.
 
     Args:
-        fs: the encoder (its pool, mapped by :meth:`FeatureSet.mapped_pool`, gives the whitening).
-        test: matched test pairs in the encoder's output coordinates.
-        train: ``(synth (P, D'), real (P, D'), model (P,))`` matched training pairs
-            (:func:`ada_utils.analysis.features.training_pair_features`).
-        dims: ``(k,)`` analysed coordinates.
+        pairs: matched test pairs (common basis). top: canonical correlations averaged. n_perm: permutations of
+            the grouped null (:meth:`Pairs.model_permuted`, seeds ``seed + 1 …``). seed: the fold split (the same
+            for the matched pairs and every permutation). level: coverage of the null's range.
+
+    Returns:
+        ``{"held-out ρ", "null low", "null high", "null mean", "in-sample ρ", "in-sample null"}``: the null's
+        central ``level`` range of the same statistic over permutations; the in-sample values (aside) of the
+        matched pairs and the mean over the permutations.
+    """
+    nulls = [pairs.model_permuted(seed + 1 + i) for i in range(n_perm)]
+    with _one_blas_thread():
+        held = np.array([heldout_rho(p, top=top, seed=seed) for p in nulls])
+        row = {"held-out ρ": heldout_rho(pairs, top=top, seed=seed), "in-sample ρ": insample_rho(pairs, top=top),
+               "in-sample null": float(np.mean([insample_rho(p, top=top) for p in nulls]))}
+    lo, hi = np.quantile(held, [(1 - level) / 2, (1 + level) / 2])
+    return {**row, "null low": float(lo), "null high": float(hi), "null mean": float(held.mean())}
+
+
+def control_row(pairs: Pairs, *, dim: int, n_draws: int, top: int, n_perm: int, seed: int) -> dict[str, float]:
+    """:func:`crossfit_row` of the no-signal control: independent Gaussian features with the grouping of ``pairs``.
+
+    The held-out and in-sample values are means over ``n_draws`` independent draws (:func:`control_pairs`, seeds
+    ``seed …``), the null range that of the first draw: a single draw would leave the null's range with the
+    probability ``1 − level`` by construction, so the mean makes "inside the null" a test of bias.
+
+    Returns:
+        The keys of :func:`crossfit_row` plus ``"draws"``.
+    """
+    draws = [control_pairs(pairs, dim=dim, seed=seed + i) for i in range(n_draws)]
+    row = crossfit_row(draws[0], top=top, n_perm=n_perm, seed=seed)
+    with _one_blas_thread():
+        row["held-out ρ"] = float(np.mean([heldout_rho(p, top=top, seed=seed) for p in draws]))
+        row["in-sample ρ"] = float(np.mean([insample_rho(p, top=top) for p in draws]))
+    return {**row, "draws": float(n_draws)}
+
+
+def inside(row: Mapping[str, float]) -> bool:
+    """Whether a :func:`crossfit_row`'s held-out ρ lies within its null's range (ends included)."""
+    return bool(row["null low"] <= row["held-out ρ"] <= row["null high"])
+
+
+def heldout_coordinates(pairs: Pairs, white: cca.CCAModel) -> tuple[np.ndarray, np.ndarray]:
+    """The test pairs through a fixed (training-fitted) whitening: ``(synth (n, k), real (n, k))``."""
+    return white.transform(pairs.synth, pairs.real)
+
+
+def coordinates_and_canonical(pairs: Pairs, white: cca.CCAModel, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[coordinates | cross-fitted canonical variates]`` of each side: ``(n, 2k)`` twice, for :func:`heldout_gap`.
+
+    Coordinates: :func:`heldout_coordinates`; canonical variates: :func:`ada_utils.cca.crossfit_variates` (folds
+    over models, stratified by test case, split by ``seed``). Both are fixed maps of each row, so a bootstrap over
+    models of their correlations resamples no fit.
+    """
+    u, v = heldout_coordinates(pairs, white)
+    with _one_blas_thread():
+        U, V = cca.crossfit_variates(pairs.synth, pairs.real, pairs.model, seed=seed, strata=pairs.case)
+    return np.hstack([u, U]), np.hstack([v, V])
+
+
+def heldout_gap(X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
+    """``{"gap", "coordinates", "canonical"}`` of :func:`coordinates_and_canonical` columns: mean held-out
+    correlation of the canonical variates (second half) minus that of the coordinates (first half)."""
+    r = cca.column_correlations(X, Y)
+    if len(r) == 0 or len(r) % 2:
+        raise ValueError(f"heldout_gap: columns must be [coordinates | canonical], two equal halves; got {len(r)}")
+    k = len(r) // 2
+    return {"gap": float(r[k:].mean() - r[:k].mean()), "coordinates": float(r[:k].mean()),
+            "canonical": float(r[k:].mean())}
+
+
+def heldout_alignment(pool: np.ndarray, test: Pairs, train: tuple[np.ndarray, np.ndarray, np.ndarray], *,
+                      regs: Sequence[Reg] = ("auto", 0.5, 0.9), seed: int = 0
+                      ) -> tuple[dict[str, cca.CCAModel], dict[str, Any]]:
+    """Fit on the training split, measure on the test pairs: pair-free coordinates vs supervised CCA.
+
+    The coordinates are whitened by :func:`pooled_whitening` of the unlabelled training pool (no pairs: what an
+    unsupervised method can do); CCA is fitted on the matched training pairs, its shrinkage chosen among ``regs``
+    by 2-fold cross-validation over training models (:func:`ada_utils.cca.select_cca_reg`, split by ``seed``).
+    Both are applied to the test pairs (new models).
+
+    Args:
+        pool: ``(N, k)`` the encoder's training pool (both domains). test: matched test pairs.
+        train: ``(synth (P, k), real (P, k), model (P,))`` matched training pairs, all in the common basis.
         regs: candidate CCA shrinkages. seed: the cross-validation split of the training models.
 
     Returns:
         ``(models, held)``: ``models`` = ``{"whiten": CCAModel, "cca": CCAModel}``; ``held`` =
-        ``{"heldout_coord_mean": mean test correlation of the whitened own coordinates, "heldout_cca_mean":
-        mean test correlation of the canonical variates, "cca_reg": the chosen shrinkage as text}``.
+        ``{"heldout_coord_mean": mean test correlation of the whitened coordinates, "heldout_cca_mean": mean
+        test correlation of the canonical variates, "cca_reg": the chosen shrinkage as text}``.
     """
     ts, tr, model = train
-    pool = fs.mapped_pool()[:, dims]
-    white = cca.fit_domain_whitening(pool[fs.pool.domain == 1], pool[fs.pool.domain == 0])
-    reg, _ = cca.select_cca_reg(ts[:, dims], tr[:, dims], model, regs=regs, seed=seed)
-    fitted = cca.fit_cca(ts[:, dims], tr[:, dims], reg=reg)
-    cw = cca.column_correlations(*white.transform(test.synth[:, dims], test.real[:, dims]))
-    cc = cca.column_correlations(*fitted.transform(test.synth[:, dims], test.real[:, dims]))
-    return {"whiten": white, "cca": fitted}, {"heldout_coord_mean": cw.mean(), "heldout_cca_mean": cc.mean(),
-                                              "cca_reg": str(reg)}
+    white = pooled_whitening(pool)
+    reg, _ = cca.select_cca_reg(ts, tr, model, regs=regs, seed=seed)
+    fitted = cca.fit_cca(ts, tr, reg=reg)
+    cw = cca.column_correlations(*heldout_coordinates(test, white))
+    cc = cca.column_correlations(*fitted.transform(test.synth, test.real))
+    return {"whiten": white, "cca": fitted}, {"heldout_coord_mean": float(cw.mean()),
+                                              "heldout_cca_mean": float(cc.mean()), "cca_reg": str(reg)}
 
 
 def mean_correlation(U: np.ndarray, V: np.ndarray) -> dict[str, float]:
@@ -87,20 +202,20 @@ def mean_correlation(U: np.ndarray, V: np.ndarray) -> dict[str, float]:
     return {"r": float(cca.column_correlations(U, V).mean())}
 
 
-def restrict(fn: FeatureMap, dims: np.ndarray) -> FeatureMap:
-    """The map ``x ↦ fn(x)[:, dims]`` as float32: an encoder's features on its analysed coordinates only.
+def projected(fn: FeatureMap, basis: np.ndarray) -> FeatureMap:
+    """The map ``x ↦ fn(x) @ basis`` as float32: an encoder's features in the common basis only.
 
     Args:
-        fn: ``(n, D) -> (n, D')`` map (e.g. :meth:`FeatureSet.real`). dims: ``(k,)`` column indices into ``D'``.
+        fn: ``(n, D) -> (n, D')`` map (e.g. :meth:`FeatureSet.real`). basis: ``(D', k)`` (:mod:`.basis`).
 
     Returns:
         An ``(n, D) -> (n, k)`` float32 map, usable as ``real_map``/``synth_map`` of
         :func:`ada_utils.eval.evaluate`.
     """
-    def restricted(x: np.ndarray) -> np.ndarray:
-        return fn(x)[:, dims].astype(np.float32)
+    def mapped(x: np.ndarray) -> np.ndarray:
+        return (fn(x) @ basis).astype(np.float32)
 
-    return restricted
+    return mapped
 
 
 def mean_over_cells(results: Mapping[str, Mapping[str, float]], metric: str = "R@5") -> float:
