@@ -163,13 +163,11 @@ def expected_calibration_error(conf: np.ndarray, hit: np.ndarray, *, bins: int =
 
 
 def auroc(conf: np.ndarray, hit: np.ndarray) -> float:
-    """Area under the ROC curve of ``conf`` separating hits from misses (Mann–Whitney, ties count half);
-    NaN when all queries are hits or all are misses."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve of ``conf`` separating hits from misses (scikit-learn's ``roc_auc_score``; ties
+    count half); NaN when all queries are hits or all are misses."""
+    from sklearn.metrics import roc_auc_score
 
     conf, hit = np.asarray(conf, dtype=np.float64), np.asarray(hit, dtype=bool)
-    n_pos, n_neg = int(hit.sum()), int((~hit).sum())
-    if n_pos == 0 or n_neg == 0:
+    if hit.all() or not hit.any():
         return float("nan")
-    ranks = rankdata(conf)
-    return float((ranks[hit].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(hit, conf))

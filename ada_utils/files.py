@@ -25,16 +25,34 @@ def _to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON with sorted keys, atomically (a crash never leaves half a file)."""
+def write_atomic(path: str | Path, write: Any, *, mode: str = "wb") -> Path:
+    """Write ``path`` atomically: ``write(file)`` fills a private temporary file beside it, which then replaces
+    ``path`` in one rename (a crash never leaves half a file; two writers never share a temporary name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON with sorted keys, atomically (:func:`write_atomic`)."""
+    def dump(fh: Any) -> None:
         json.dump(obj, fh, indent=2, sort_keys=True, default=_to_jsonable)
         fh.write("\n")
-    os.replace(tmp, path)
-    return path
+
+    return write_atomic(path, dump, mode="w")
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
+    """``np.save`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda fh: np.save(fh, array))
 
 
 def read_json(path: str | Path) -> Any:

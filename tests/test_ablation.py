@@ -57,7 +57,7 @@ def _runs(rng: np.random.Generator, offset: float, n_seeds: int = 2) -> list[dic
                   "model": model} for c in ("test_objects_seen/scene", "test_styles/object")}
         out.append({"per_query": pq, "cells": {c: {"R@5": float(d["R@5"].mean()), "R@10": 0.5, "R@100": 0.9,
                                                    "mAP": float(d["AP"].mean())} for c, d in pq.items()},
-                    "seconds": 1.0})
+                    "seconds": 1.0, "steps": 0})
     return out
 
 

@@ -81,8 +81,8 @@ def test_verdicts_are_data() -> None:
               Comparison("ada", "pretrained", "test_z/scene", "R@5", 0.0, -0.1, 0.1),
               Comparison("ada", "pretrained", "test_x/scene", "mAP", -0.2, -0.3, -0.1)]
     cells = ["test_x/scene", "test_y/scene", "test_z/scene"]
-    assert st.count_satisfied([c, *others], "ada", "pretrained", cells, "R@5", ">") == (1, 3)
-    assert st.count_satisfied([c, *others], "ada", "pretrained", cells, "R@5", "≥") == (2, 3)
+    assert st.verdict_tally([c, *others], "ada", "pretrained", cells) == {">": 1, "≥": 1, "?": 1, "<": 0}
+    assert st.verdict_tally([c, *others], "ada", "pretrained", cells, "mAP") == {">": 0, "≥": 0, "?": 0, "<": 1}
 
 
 def test_holm_rejections_match_the_step_down_rule() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ from PIL import Image
 
 from ada_utils.project import photos_dir
 from ada_utils.data.images import load_image
+from ada_utils.files import save_npy
 
 PACKAGES = ("tuxpaint-stamps-default", "mate-backgrounds", "plasma-workspace-wallpapers", "darknet",
             "palapeli-data")
@@ -213,10 +213,7 @@ def prepared_photo(path: Path) -> np.ndarray:
     img = load_image(path)
     img.thumbnail((PREPARED_MAX_SIDE, PREPARED_MAX_SIDE), Image.Resampling.LANCZOS)
     arr = np.asarray(img, dtype=np.uint8)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, cached)
+    save_npy(cached, arr)
     return arr
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ada_utils.data import ImageDecodeError, ImageListDataset
 from ada_utils.data.abc import listed
 from ada_utils.data.images import OnError
-from ada_utils.files import read_json, write_json
+from ada_utils.files import read_json, save_npy, write_json
 
 FORMAT = 1  # manifest format version
 
@@ -178,7 +178,7 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     def embed_chunk(c: int, bar: tqdm) -> None:
         new = [r for r in chunks[c] if r not in done]
         fresh = _embed_rows(encoder, dataset, new, batch_size=batch_size, num_workers=num_workers, bar=bar)
-        _save_atomic(chunk_dir / f"{c:06d}.npy", _fill(chunks[c], new, fresh, done))
+        save_npy(chunk_dir / f"{c:06d}.npy", _fill(chunks[c], new, fresh, done))
 
     with tqdm(total=sum(r not in done for rows in chunks.values() for r in rows), desc="embedding", unit="img",
               disable=not progress) as bar, _eval_mode(encoder):
@@ -381,13 +381,6 @@ def _padded(batch: torch.Tensor, size: int) -> torch.Tensor:
     if len(batch) >= size:
         return batch
     return torch.cat([batch, batch[-1:].expand(size - len(batch), *batch.shape[1:])])
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
 
 
 def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 from ada_utils.data.cells import object_cells, seen_object_cells, style_cells, unseen_cells
 from ada_utils.eval.benchmark import cell_means, evaluate, per_query_metrics
 from ada_utils.eval.oracles import Oracle
-from ada_utils.eval.statistics import MARGIN, Comparison, compare_means, count_satisfied, holm
+from ada_utils.eval.statistics import MARGIN, Comparison, compare_means, holm, verdict_tally
 from ada_utils.files import write_json
 from ada_utils.retrieval import FeatureMap
 from ada_utils.train.loop import feature_maps, train
@@ -230,10 +230,9 @@ def validation_study(base: TrainConfig, data: TrainData, held_out: TrainData, va
 
 def _tally(comparisons: list[Comparison], a: str, b: str, cells: list[str], metric: str = "R@5") -> str:
     """"A > B in n, A ≥ B in n, inconclusive in n, A < B in n (of m cells)" for the comparisons of A vs B."""
-    got = [c for c in comparisons if c.a == a and c.b == b and c.cell in cells and c.metric == metric]
+    counts = verdict_tally(comparisons, a, b, cells, metric)
     words = {">": f"{a} > {b}", "≥": f"{a} ≥ {b}", "?": "inconclusive", "<": f"{a} < {b}"}
-    counts = {k: sum(c.verdict.value == k for c in got) for k in words}
-    return ", ".join(f"{words[k]} in {n}" for k, n in counts.items() if n) + f" (of {len(got)} cells)"
+    return ", ".join(f"{words[k]} in {n}" for k, n in counts.items() if n) + f" (of {sum(counts.values())} cells)"
 
 
 def target_lines(comparisons: list[Comparison], cells: list[str], why: Validation, *,

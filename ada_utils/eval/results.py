@@ -7,7 +7,6 @@ the exemplars of its own model only.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 
 from ada_utils.book.style import METHOD_COLORS
 from ada_utils.encoders.features import BenchmarkFeatures
-from ada_utils.eval.statistics import MARGIN, Comparison
+from ada_utils.eval.statistics import MARGIN, Comparison, verdict_tally
 from ada_utils.retrieval import FeatureMap, rank_gallery, unit_rows
 
 # The only two AbC numbers of the paper we have seen: from a third-party extraction of the paper's table, never
@@ -59,16 +58,16 @@ def comparison_table(summary: dict, *, metric: str = "R@5") -> pd.DataFrame:
 
 def verdict_counts(comparisons: Sequence[Comparison], method: str, *, scale: str, seeds: Sequence[int],
                    data: str = "the embedded benchmark",
-                   others: Sequence[str] = ("pretrained", "whiten", "whiten_pd", "align", "disentangle", "supervised")
+                   others: Sequence[str] = ("pretrained", "whiten", "whiten_pd", "align", "disentangle", "supervised",
+                                            "supervised_whiten", "cca_ceiling")
                    ) -> str:
     """Markdown: per control, in how many cells each verdict of ``method`` vs that control occurred."""
     lines = []
     for other in others:
-        got = [c for c in comparisons if c.a == method and c.b == other]
-        if got:
-            counts = Counter(f"{c.a} {c.verdict.value} {c.b}" for c in got)
-            lines.append(f"- `{method}` vs `{other}` (R@5, {len(got)} cells): " +
-                         ", ".join(f"`{v}` in {n} cell(s)" for v, n in sorted(counts.items())))
+        counts = verdict_tally(comparisons, method, other)
+        if sum(counts.values()):
+            lines.append(f"- `{method}` vs `{other}` (R@5, {sum(counts.values())} cells): " +
+                         ", ".join(f"`{method} {v} {other}` in {n} cell(s)" for v, n in sorted(counts.items()) if n))
     return (f"On {data} ({scale} scale, seeds {list(seeds)}):\n\n"
             + ("\n".join(lines) or "- no comparisons were recorded"))
 
@@ -240,10 +239,9 @@ def findings(summary: dict, *, method: str = "ada", data: str = "embedded benchm
     comps = [Comparison.from_record(r) for r in summary["comparisons"] if r["metric"] == "R@5"]
 
     def tally(b: str) -> str:
-        got = [c for c in comps if c.a == method and c.b == b and c.cell in cells]
-        n = {k: sum(c.verdict.value == k for c in got) for k in (">", "≥", "?", "<")}
+        n = verdict_tally(comps, method, b, cells)
         return (f"better in {n['>']}, non-inferior in {n['≥']}, inconclusive in {n['?']} and worse in {n['<']} "
-                f"of {len(got)} cells")
+                f"of {sum(n.values())} cells")
 
     shown = [m for m in (method, "whiten_pd", "supervised", "supervised_whiten", "cca_ceiling", "pretrained")
              if m in final]

@@ -144,11 +144,13 @@ def holm_rejections(p: np.ndarray, alpha: float) -> np.ndarray:
     return reject
 
 
-def count_satisfied(comparisons: list[Comparison], a: str, b: str, cells: list[str], metric: str,
-                    claim: str) -> tuple[int, int]:
-    """(how many, out of how many) comparisons of ``a`` vs ``b`` on ``cells`` meet ``claim`` (``">"``/``"≥"``)."""
-    got = [c for c in comparisons if c.a == a and c.b == b and c.cell in cells and c.metric == metric]
-    return sum(c.verdict.satisfies(claim) for c in got), len(got)
+def verdict_tally(comparisons: Sequence[Comparison], a: str, b: str, cells: Sequence[str] | None = None,
+                  metric: str = "R@5") -> dict[str, int]:
+    """``{">": n, "≥": n, "?": n, "<": n}``: how many comparisons of ``a`` vs ``b`` (on ``cells``, all when None)
+    reached each verdict; the one counter every generated sentence reads."""
+    got = [c for c in comparisons if c.a == a and c.b == b and c.metric == metric and (cells is None or c.cell in cells)]
+    return {v.value: sum(c.verdict is v for c in got) for v in (Verdict.ABOVE, Verdict.NONINFERIOR,
+                                                                 Verdict.INCONCLUSIVE, Verdict.BELOW)}
 
 
 def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
