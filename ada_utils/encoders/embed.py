@@ -73,8 +73,20 @@ def encoder_key(encoder: nn.Module, *, transform_key: str | None = None, seed: i
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return {"encoder": encoder.spec, "encoder_state_sha256": digest.hexdigest(),
+    return {"encoder": encoder.spec, "encoder_state_sha256": digest.hexdigest(), "layout": memory_layout(encoder),
             "transform": transform_key or "preprocess", "seed": seed if transform_key else None}
+
+
+def memory_layout(encoder: nn.Module) -> str:
+    """``"channels_last"`` for a convolutional encoder on the CPU, else ``"contiguous"``.
+
+    Channels-last convolutions run EfficientNet-Lite0 forward passes 1.3x faster on the 2-core CPU (measured on
+    16 images at 128 px, one run: 162 vs 121 img/s) and move features by about 1e-6 (max 7e-6 of values up to
+    4.7), so the layout is part of the cache key: features of the two layouts never mix.
+    """
+    device = next(encoder.parameters()).device
+    conv = any(isinstance(m, nn.Conv2d) for m in encoder.modules())
+    return "channels_last" if device.type == "cpu" and conv else "contiguous"
 
 
 def list_hash(paths: Sequence[str | Path], ids: Sequence[str]) -> str:
@@ -174,10 +186,13 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
     done = _embedded_elsewhere(folder, sources) if sources else {}
     chunks = {c: range(c * chunk_size, min((c + 1) * chunk_size, len(paths))) for c in mine}
     batch_size = batch_size or auto_batch_size(encoder)
+    layout = torch.channels_last if key["layout"] == "channels_last" else torch.contiguous_format
+    encoder.to(memory_format=layout)  # once, before any stream runs
 
     def embed_chunk(c: int, bar: tqdm) -> None:
         new = [r for r in chunks[c] if r not in done]
-        fresh = _embed_rows(encoder, dataset, new, batch_size=batch_size, num_workers=num_workers, bar=bar)
+        fresh = _embed_rows(encoder, dataset, new, batch_size=batch_size, num_workers=num_workers, bar=bar,
+                            layout=layout)
         save_npy(chunk_dir / f"{c:06d}.npy", _fill(chunks[c], new, fresh, done))
 
     with tqdm(total=sum(r not in done for rows in chunks.values() for r in rows), desc="embedding", unit="img",
@@ -351,7 +366,8 @@ class _SeededDataset(torch.utils.data.Dataset):
 
 @torch.inference_mode()
 def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: Sequence[int], *, batch_size: int,
-                num_workers: int, bar: tqdm) -> np.ndarray | None:
+                num_workers: int, bar: tqdm, layout: torch.memory_format = torch.contiguous_format
+                ) -> np.ndarray | None:
     """(len(rows), D) float32 features of ``rows`` in order (None for no rows); NaN rows for undecodable images."""
     if not len(rows):
         return None
@@ -362,7 +378,8 @@ def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: Sequence[int]
                                          num_workers=num_workers, shuffle=False, generator=torch.Generator())
     out = []
     for batch in loader:
-        feats = encoder(_padded(batch, batch_size).to(device))[:len(batch)].float().cpu().numpy()
+        x = _padded(batch, batch_size).to(device).contiguous(memory_format=layout)
+        feats = encoder(x)[:len(batch)].float().cpu().numpy()
         feats[~torch.isfinite(batch).flatten(1).all(1).numpy()] = np.nan  # skipped images (NaN inputs)
         if feats.ndim != 2 or feats.shape[1] != encoder.dim:
             raise ValueError(f"encoder {encoder.spec.get('name')!r} returned shape {feats.shape}, "

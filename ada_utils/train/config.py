@@ -95,7 +95,7 @@ class TrainConfig:
     amp_dtype: str = "bfloat16"  # CUDA autocast dtype: bfloat16 | float16 (float16 adds a gradient scaler)
     gather: bool = False  # DDP: all-gather embeddings before the Infomax log-det (global covariance)
     eval_every: int = 5  # steps between validation evaluations of a gradient run given validation data
-    patience: int = 6  # evaluations without a better validation R@5 before a gradient run stops early
+    patience: int = 5  # evaluations without a better validation R@5 before a gradient run stops early
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
     seed: int = 0
     device: str = "cpu"
