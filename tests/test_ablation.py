@@ -71,7 +71,7 @@ def test_summary_row_seed_summary_and_comparisons() -> None:
     s = ablation.seed_summary(final["ada"], names)
     vals = [r["cells"]["test_styles/object"]["R@5"] for r in final["ada"]]
     assert s["mean"]["test_styles/object"]["R@5"] == pytest.approx(np.mean(vals))
-    assert s["std"]["test_styles/object"]["R@5"] == pytest.approx(np.std(vals))
+    assert s["std"]["test_styles/object"]["R@5"] == pytest.approx(np.std(vals, ddof=1))
     comps = ablation.compare(final, [("ada", "pretrained")], names, n_boot=200)
     assert [(c.cell, c.metric) for c in comps] == [(n, m) for n in names for m in ("R@5", "mAP")]
     assert all(c.verdict is Verdict.ABOVE and c.ci_low <= c.diff <= c.ci_high for c in comps)
@@ -94,4 +94,9 @@ def test_target_lines_count_verdicts_per_group() -> None:
                         "(of 2 cells); style cells: inconclusive in 1 (of 1 cells).")
     assert "on the seen-object cells (where it must win): supervised > pretrained in 1 (of 1 cells)" in lines[-2]
     assert "λ = 30 is chosen" in lines[-1] and "head scores 0.250 against per-domain whitening's 0.240" in lines[-1]
+    assert "(a difference of +0.010)" in lines[-1]
+    stop = [{"best_step": 0, "budget_steps": 160}, {"best_step": 15, "budget_steps": 160}]
+    lines = ablation.target_lines(comps, cells_, why, stopping={"align": stop, "whiten": [{}]})
+    assert lines[-2] == ("- `align` kept the step with the best validation R@5: steps [0, 15] of budgets [160, 160]; "
+                         "1 of 2 seeds kept the starting weights (no step improved on validation).")
     assert why.record()["lam_path"]["lam"] == [1.0, 30.0] and why.record()["lam"] == 30.0

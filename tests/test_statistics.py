@@ -64,7 +64,7 @@ def test_paired_bootstrap_of_a_mean_difference_resamples_models() -> None:
 def test_verdicts_are_data() -> None:
     intervals = ((0.1, 0.2), (-0.005, 0.1), (-0.1, 0.1), (-0.005, -0.001), (-0.3, -0.1), (-0.01, 0.2))
     assert [Verdict.of(lo, hi) for lo, hi in intervals] == [Verdict.ABOVE, Verdict.NONINFERIOR, Verdict.INCONCLUSIVE,
-                                                            Verdict.NONINFERIOR, Verdict.BELOW, Verdict.INCONCLUSIVE]
+                                                            Verdict.BELOW, Verdict.BELOW, Verdict.INCONCLUSIVE]
     assert Verdict.of(-0.005, 0.1, margin=0.0) is Verdict.INCONCLUSIVE  # no margin: an interval across 0 wins nothing
     assert Verdict.ABOVE.word == "supported" and Verdict.BELOW.word == "contradicted"
     assert Verdict.INCONCLUSIVE.word == "inconclusive" and Verdict.NONINFERIOR.word.startswith("non-inferior")
@@ -117,3 +117,17 @@ def test_holm_verdicts_are_stricter_than_single_intervals() -> None:
     out = st.holm([clear, null, *comps])
     assert out[0].verdict is Verdict.ABOVE and not out[1].verdict.satisfies("≥")
     assert Comparison.from_record(out[0].record()) == out[0]
+
+
+def test_seed_variance_widens_the_interval() -> None:
+    rng = np.random.default_rng(2)
+    model = np.repeat(np.arange(40), 5)
+    a, b = rng.random(200) + 0.02, rng.random(200)
+    plain = st.compare_means("a", "b", "x", "R@5", a, b, model)
+    spread = st.compare_means("a", "b", "x", "R@5", a, b, model, seed_diffs=[plain.diff - 0.03, plain.diff + 0.03])
+    assert spread.diff == plain.diff and spread.se == pytest.approx(np.sqrt(plain.se ** 2 + 0.06 ** 2 / 2 / 2))
+    assert spread.ci_low < plain.ci_low and spread.ci_high > plain.ci_high
+    same = st.compare_means("a", "b", "x", "R@5", a, b, model, seed_diffs=[plain.diff] * 3)
+    assert (same.ci_low, same.ci_high, same.se) == pytest.approx((plain.ci_low, plain.ci_high, plain.se))  # as before
+    with pytest.raises(ValueError, match="finite standard error"):
+        st.holm([Comparison("a", "b", "x", "R@5", 0.1, 0.0, 0.2)])

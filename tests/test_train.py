@@ -381,7 +381,10 @@ def test_early_stopping_keeps_the_best_validation_heads_and_records_both_curves(
     assert [r["step"] for r in curve] == list(range(0, 3 * len(curve), 3))  # the state after 0, 3, 6, ... updates
     assert stop["early"] and stop["stopped_at"] == res.steps < stop["budget_steps"] == header["steps"]
     best = max(curve, key=lambda r: r["val_R@5"])
-    assert stop["best_step"] == best["step"] and len(curve) - 1 - curve.index(best) == 2  # patience 2
+    warmup = round(cfg.warmup_frac * stop["budget_steps"])
+    after = [r for r in curve[curve.index(best) + 1:] if r["step"] >= warmup]
+    assert stop["best_step"] == best["step"] and len(after) == 2 and res.steps >= warmup  # patience 2, after warm-up
+    assert f"after the {warmup}-step warm-up" in stop["rule"]
     assert validation_score(res.model, val, torch.device("cpu"))["val_R@5"] == best["val_R@5"]
     assert len(res.log) == res.steps and all(r["train_loss"] is not None for r in curve[1:])
     # without validation data the run takes its whole budget, and says so

@@ -66,6 +66,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ada_utils.project import runs_dir
     from ada_utils import distributed
     from ada_utils.train import TrainConfig, feature_maps, train, training_data
+    from ada_utils.train.data import stopping_split
 
     cfg = TrainConfig.from_dict(vars(args))
     if cfg.device == "cpu":
@@ -87,10 +88,14 @@ def train_command(args: argparse.Namespace) -> int:
     data = training_data(encoder, root, n_views=cfg.n_views, augment=cfg.augment,
                          with_pairs=cfg.method == "supervised", pool=args.train_pool, real_dirs=args.train_real_dirs,
                          synth_dirs=args.train_synth_dirs, progress=ctx.is_main)
+    validation, data = stopping_split(cfg, root, data)  # gradient runs stop early on the validation models
     result = train(cfg, data, out, encoder=None if cfg.finetune == "frozen" else encoder, resume=args.resume,
-                   overwrite=args.overwrite, progress=ctx.is_main)
+                   overwrite=args.overwrite, progress=ctx.is_main, validation=validation)
     if ctx.is_main:
-        print(f"run folder: {out} ({result.steps} steps, {result.seconds:.1f} s)")
+        from ada_utils.files import read_json
+
+        rule = read_json(out / "config.json").get("stopping", {}).get("rule", "")
+        print(f"run folder: {out} ({result.steps} steps, {result.seconds:.1f} s; stopping: {rule})")
     if args.evaluate:
         from ada_utils.encoders import embed_benchmark
         from ada_utils.eval import evaluate

@@ -72,6 +72,7 @@ def summary_row(res: dict) -> dict[str, float]:
     return {"R@5 objects": float(np.mean([cells[c]["R@5"] for c in object_cells(cells)])),
             "R@5 styles": float(np.mean([cells[c]["R@5"] for c in style_cells(cells)])),
             "mAP all": float(np.mean([v["mAP"] for v in cells.values()])), "steps": res["steps"],
+            "step kept": (res.get("stopping") or {}).get("best_step"),
             "train s": res["seconds"]}
 
 
@@ -161,7 +162,7 @@ class Ablations:
 def seed_summary(runs: list[dict], cells: Sequence[str]) -> dict[str, dict]:
     """``{"mean": {cell: {metric: ...}}, "std": {...}}`` over seeds of one method's runs."""
     return {stat: {c: {k: float(fn([r["cells"][c][k] for r in runs])) for k in METRICS} for c in cells}
-            for stat, fn in (("mean", np.mean), ("std", np.std))}
+            for stat, fn in (("mean", np.mean), ("std", lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0))}
 
 
 def seed_mean(runs: list[dict], cell: str, metric: str) -> np.ndarray:
@@ -171,15 +172,18 @@ def seed_mean(runs: list[dict], cell: str, metric: str) -> np.ndarray:
 
 def compare(final: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], cells: Sequence[str], *,
             n_boot: int = 2000, margin: float = MARGIN) -> list[Comparison]:
-    """Paired bootstrap over models of A − B for every pair, cell and compared metric (seed means per query),
-    Holm-corrected over the whole table (:func:`ada_utils.eval.statistics.holm`), margin δ = ``margin``."""
+    """Paired bootstrap over models of A − B for every pair, cell and compared metric (seed means per query, the
+    variance over seeds added: :func:`ada_utils.eval.statistics.compare_means`), Holm-corrected over the whole
+    table (:func:`ada_utils.eval.statistics.holm`), margin δ = ``margin``."""
     out = []
     for a, b in pairs:
         for c in cells:
             for metric, key in COMPARED:
+                per_seed = [float(np.mean(ra["per_query"][c][key]) - np.mean(rb["per_query"][c][key]))
+                            for ra, rb in zip(final[a], final[b])]
                 out.append(compare_means(a, b, c, metric, seed_mean(final[a], c, key), seed_mean(final[b], c, key),
                                          final[a][0]["per_query"][c]["model"], n_boot=n_boot, seed=0,
-                                         margin=margin))
+                                         margin=margin, seed_diffs=per_seed))
     return holm(out)
 
 
@@ -235,9 +239,10 @@ def _tally(comparisons: list[Comparison], a: str, b: str, cells: list[str], metr
     return ", ".join(f"{words[k]} in {n}" for k, n in counts.items() if n) + f" (of {sum(counts.values())} cells)"
 
 
-def target_lines(comparisons: list[Comparison], cells: list[str], why: Validation, *,
-                 margin: float = MARGIN) -> list[str]:
-    """The chapter's generated summary: each comparison's verdicts per group of cells, and the validation split."""
+def target_lines(comparisons: list[Comparison], cells: list[str], why: Validation, *, margin: float = MARGIN,
+                 stopping: dict[str, list[dict]] | None = None) -> list[str]:
+    """The chapter's generated summary: each comparison's verdicts per group of cells, the stopping of the
+    gradient rows (which kept their starting weights) and the validation split."""
     present = {(c.a, c.b) for c in comparisons}
     groups = {"all cells": cells, "object cells": object_cells(cells), "style cells": style_cells(cells)}
     lines = [f"Verdicts on R@5 (Holm-corrected over the {len(comparisons)} comparisons of the table, non-inferiority "
@@ -248,10 +253,19 @@ def target_lines(comparisons: list[Comparison], cells: list[str], why: Validatio
     if ("supervised", "pretrained") in present:
         lines.append(f"- The supervised baseline against the pretrained features on the seen-object cells (where it "
                      f"must win): {_tally(comparisons, 'supervised', 'pretrained', seen_object_cells(cells))}.")
+    for m, records in (stopping or {}).items():
+        kept = [r.get("best_step") for r in records if r.get("best_step") is not None]
+        if kept:
+            at_start = sum(k == 0 for k in kept)
+            lines.append(f"- `{m}` kept the step with the best validation R@5: steps {kept} of budgets "
+                         f"{[r.get('budget_steps') for r in records]}"
+                         + (f"; {at_start} of {len(kept)} seeds kept the starting weights (no step improved on "
+                            "validation)" if at_start else "") + ".")
     lam, white = why.lam_path, why.whitening
     at = lam.loc[lam["lam"] == why.lam].iloc[0]
-    lines.append(f"- Validation split (mean R@5): λ = {why.lam:g} is chosen, the argmax of the held-out search over "
-                 f"{', '.join(f'{v:g}' for v in lam['lam'])}; there the head scores {at['held out']:.3f} against "
-                 f"per-domain whitening's {white['held out']:.3f} held out, and {at['transductive']:.3f} vs "
+    lines.append(f"- Validation split (mean R@5, one split, no interval): λ = {why.lam:g} is chosen, the argmax of "
+                 f"the held-out search over {', '.join(f'{v:g}' for v in lam['lam'])}; there the head scores "
+                 f"{at['held out']:.3f} against per-domain whitening's {white['held out']:.3f} held out (a difference "
+                 f"of {at['held out'] - white['held out']:+.3f}), and {at['transductive']:.3f} vs "
                  f"{white['transductive']:.3f} when the validation images are among the fitted ones.")
     return lines

@@ -10,7 +10,8 @@ models with replacement and keeps all their rows. :func:`paired_bootstrap` has t
 
 The rule that turns an interval into words (the book's reproducibility page, "comparisons under noise"), with a
 stated margin δ (``MARGIN``, in the metric's units): A − B is **>** when its 95 % interval lies above zero, **≥**
-(non-inferior) when its low end lies above −δ, **<** when it lies below zero, and **inconclusive** otherwise; an
+(non-inferior) when it contains zero and its low end lies above −δ, **<** when it lies below zero (a significant
+loss is a loss even within the margin), and **inconclusive** otherwise; an
 inconclusive comparison is never counted as a win. Over the comparisons of one table, :func:`holm` replaces the
 interval rule by Holm's step-down correction of the three one-sided tests (superiority, non-inferiority,
 inferiority), each at level α/2 = 0.025 so that a single comparison reads as its 95 % interval.
@@ -40,18 +41,18 @@ class Verdict(enum.Enum):
     """Where the interval of a difference A − B lies with respect to zero and to the margin −δ."""
 
     ABOVE = ">"  # entirely above zero: A > B
-    NONINFERIOR = "≥"  # low end above −δ, not above zero: A is at most δ worse than B
+    NONINFERIOR = "≥"  # across zero with its low end above −δ: A is at most δ worse than B
     INCONCLUSIVE = "?"  # across −δ and 0: neither a win nor a loss
-    BELOW = "<"  # entirely below zero (and below −δ somewhere): A < B
+    BELOW = "<"  # entirely below zero: A < B (even when within the margin)
 
     @classmethod
     def of(cls, low: float, high: float, *, margin: float = MARGIN) -> Verdict:
         """The verdict of an interval ``[low, high]`` of A − B with non-inferiority margin ``margin``."""
         if low > 0:
             return cls.ABOVE
-        if low > -margin:
-            return cls.NONINFERIOR
-        return cls.BELOW if high < 0 else cls.INCONCLUSIVE
+        if high < 0:  # a significant loss is a loss, even within the margin
+            return cls.BELOW
+        return cls.NONINFERIOR if low > -margin else cls.INCONCLUSIVE
 
     @property
     def word(self) -> str:
@@ -109,12 +110,18 @@ def holm(comparisons: Sequence[Comparison], *, alpha: float = ALPHA) -> list[Com
     Each comparison tests three one-sided hypotheses, with normal p-values from its bootstrap standard error:
     superiority (H0: A − B ≤ 0), non-inferiority (H0: A − B ≤ −δ) and inferiority (H0: A − B ≥ 0). Holm's
     step-down procedure runs over the m comparisons of each kind at level ``alpha / 2``; the verdict is the first
-    rejected one of ">", "≥", "<" (in that order), else inconclusive.
+    rejected one of ">", "<", "≥" (in that order: a significant loss within the margin reads "<"), else
+    inconclusive. The family-wise error rate is ``alpha / 2`` per kind (at most ``1.5 · alpha`` over the three).
     """
     from scipy.stats import norm
 
     if not comparisons:
         return []
+
+    bad = [f"{c.a} vs {c.b} on {c.cell} ({c.metric})" for c in comparisons if not np.isfinite(c.se)]
+    if bad:
+        raise ValueError(f"holm: comparisons without a finite standard error: {bad[:3]}: build them with "
+                         "compare_means (a bootstrap over models), not by hand")
 
     def p_value(c: Comparison, threshold: float, upper: bool) -> float:
         z = (c.diff - threshold) / c.se if c.se > 0 else (np.inf if c.diff > threshold else -np.inf)
@@ -128,7 +135,7 @@ def holm(comparisons: Sequence[Comparison], *, alpha: float = ALPHA) -> list[Com
     rejected = {k: holm_rejections(np.asarray(p), alpha / 2) for k, p in kinds.items()}
     out = []
     for i, c in enumerate(comparisons):
-        sign = next((k for k in (">", "≥", "<") if rejected[k][i]), "?")
+        sign = next((k for k in (">", "<", "≥") if rejected[k][i]), "?")
         out.append(dataclasses.replace(c, holm_verdict=sign))
     return out
 
@@ -247,9 +254,23 @@ def paired_bootstrap(a: Any, b: Any, groups: Any, *, stat: Statistic | None = No
 
 
 def compare_means(a_name: str, b_name: str, cell: str, metric: str, a: Any, b: Any, groups: Any, *,
-                  n_boot: int = 2000, seed: int = 0, margin: float = MARGIN) -> Comparison:
-    """The :class:`Comparison` of per-row values ``a`` and ``b`` (``(n,)``, same rows) resampling whole models."""
+                  n_boot: int = 2000, seed: int = 0, margin: float = MARGIN,
+                  seed_diffs: Sequence[float] = ()) -> Comparison:
+    """The :class:`Comparison` of per-row values ``a`` and ``b`` (``(n,)``, same rows) resampling whole models.
+
+    ``seed_diffs``: the mean difference A − B of each training seed (``a``/``b`` being their per-row means over
+    the seeds). Their variance over seeds divided by their number is added to the bootstrap variance, and the
+    interval is widened by the same factor about the estimate: the interval carries seed variance as well as the
+    sampling of models.
+    """
     diff, lo, hi, se = _mean_difference(a, b, groups, n_boot=n_boot, level=1 - ALPHA, seed=seed)
+    if len(seed_diffs) >= 2:
+        total = float(np.sqrt(se ** 2 + np.var(seed_diffs, ddof=1) / len(seed_diffs)))
+        k = total / se if se > 0 else 1.0
+        lo, hi, se_models, se = diff - k * (diff - lo), diff + k * (hi - diff), se, total
+        if se_models == 0 and total > 0:  # no model-level spread at all: a normal interval from the seeds alone
+            half = 1.959963984540054 * total
+            lo, hi = diff - half, diff + half
     return Comparison(a_name, b_name, cell, metric, diff, lo, hi, margin=margin, se=se)
 
 

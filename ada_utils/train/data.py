@@ -165,6 +165,15 @@ def validation_split(root: str | Path, data: TrainData, *, every: int = 4):
     return bf, subset(data, np.asarray([r for r in range(len(data.feats)) if r not in held], dtype=np.int64))
 
 
+def stopping_split(cfg: TrainConfig, root: str | Path, data: TrainData):
+    """(validation benchmark or None, training data) for one run: a gradient-trained run on cached features of a
+    pool with a training JSON stops early on :func:`validation_split`'s validation models, whose images leave its
+    pool; a closed-form fit, the image path, or a pool without labels keeps ``data`` whole and takes its budget."""
+    if cfg.fitted_in_closed_form or cfg.finetune != "frozen" or data.source != "train_json":
+        return None, data
+    return validation_split(root, data)
+
+
 def subset(data: TrainData, rows: np.ndarray) -> TrainData:
     """``data`` restricted to ``rows`` (pool order kept); pairs with a dropped image are dropped."""
     new = np.full(len(data.feats), -1, dtype=np.int64)

@@ -257,7 +257,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     log = [r for r in read_log(out_dir) if r["step"] < start]
     stopper = None
     if validation is not None and total:
-        stopper = EarlyStopping(validation, cfg.eval_every, cfg.patience, out_dir if rank == 0 else None)
+        stopper = EarlyStopping(validation, cfg.eval_every, cfg.patience, out_dir if rank == 0 else None,
+                                warmup=int(round(cfg.warmup_frac * total)))
         if start:
             stopper.resume(start, heads)
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them

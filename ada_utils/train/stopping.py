@@ -4,7 +4,7 @@ A training loss that still falls says nothing about retrieval on new models (a h
 pairs), so a gradient run evaluates the official metric on held-out *validation models* of the training split
 (:func:`ada_utils.train.data.validation_split`, never a test cell) every ``eval_every`` steps, keeps the heads of
 the best evaluation (mean R@5 over the validation cells, ties to the earlier step), and stops after ``patience``
-evaluations without improvement, or at the budget (``epochs``). The curve goes to ``validation.jsonl`` beside
+evaluations without improvement after the learning-rate warm-up, or at the budget (``epochs``). The curve goes to ``validation.jsonl`` beside
 ``log.jsonl``, the best heads to ``best.safetensors``, so a killed run resumes to the same choice.
 """
 
@@ -60,7 +60,9 @@ class EarlyStopping:
     Args:
         validation: the validation benchmark (features of the frozen encoder).
         every: steps between evaluations (the state after 0, every, 2·every, ... updates, and after the last).
-        patience: evaluations without a better mean R@5 before the run stops.
+        patience: evaluations without a better mean R@5 before the run stops, counted from the end of the
+            learning-rate warm-up (``warmup``): a run never stops while its learning rate is still rising.
+        warmup: steps of the warm-up.
         out_dir: the run folder (rank 0 writes the curve and the best heads; None: nothing is written).
     """
 
@@ -68,6 +70,7 @@ class EarlyStopping:
     every: int
     patience: int
     out_dir: Path | None
+    warmup: int = 0
     curve: list[dict] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
 
@@ -99,7 +102,8 @@ class EarlyStopping:
         if self.out_dir is not None:
             with open(self.out_dir / CURVE, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.curve)
-        return len(self.curve) - 1 - self.curve.index(self.best) >= self.patience
+        since = [r for r in self.curve[self.curve.index(self.best) + 1:] if r["step"] >= self.warmup]
+        return step >= self.warmup and len(since) >= self.patience
 
     def restore(self, heads: DomainHeads) -> None:
         """Load the best heads into ``heads`` (the run's result)."""
@@ -110,7 +114,7 @@ class EarlyStopping:
         """What ``config.json`` records of the stopping rule."""
         best = self.best or {}
         return {"rule": f"best mean validation R@5, evaluated every {self.every} steps, patience {self.patience} "
-                        "evaluations", "best_step": best.get("step"), "best_val_R@5": best.get("val_R@5"),
+                        f"evaluations after the {self.warmup}-step warm-up", "best_step": best.get("step"), "best_val_R@5": best.get("val_R@5"),
                 "stopped_at": stopped_at, "budget_steps": budget, "early": stopped_at < budget,
                 "evaluations": len(self.curve)}
 
