@@ -385,7 +385,7 @@ def test_early_stopping_keeps_the_best_validation_heads_and_records_both_curves(
     after = [r for r in curve[curve.index(best) + 1:] if r["step"] >= warmup]
     assert stop["best_step"] == best["step"] and len(after) == 2 and res.steps >= warmup  # patience 2, after warm-up
     assert f"after the {warmup}-step warm-up" in stop["rule"]
-    assert validation_score(res.model, val, torch.device("cpu"))["val_R@5"] == best["val_R@5"]
+    assert validation_score(res.model, val)["val_R@5"] == best["val_R@5"]
     assert len(res.log) == res.steps and all(r["train_loss"] is not None for r in curve[1:])
     # without validation data the run takes its whole budget, and says so
     full = train(cfg, _data(), tmp_path / "f", progress=False)

@@ -20,6 +20,7 @@ import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,11 +90,10 @@ def cca_ceiling(data: TrainData, val_bf: BenchmarkFeatures, *, regs: Sequence = 
 
 
 def _whitening(cfg: TrainConfig, data: TrainData) -> tuple[FeatureMap, FeatureMap]:
-    from ada_utils.train.loop import feature_maps, train
+    from ada_utils.eval.ablation import fitted_maps
 
-    white = dataclasses.replace(cfg, method="whiten", cov_mode="per_domain")
     with tempfile.TemporaryDirectory() as tmp:
-        return feature_maps(train(white, data, tmp, progress=False).model)
+        return fitted_maps(dataclasses.replace(cfg, method="whiten", cov_mode="per_domain"), data, Path(tmp))
 
 
 def ada_true_pairs(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, *,

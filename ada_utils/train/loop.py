@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             if stop_at is not None and step == stop_at:
                 return None
             if stopper is not None and stopper.due(step, total) and stopper.update(
-                    step, heads, device, log[-1]["loss"] if log else None):
+                    step, heads, log[-1]["loss"] if log else None):
                 stopped = step
                 break
             if stepper.uses_nn and step % cfg.nn_refresh == 0:
@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             writer.close()
     if stopper is not None:
         if stopped == total:
-            stopper.update(total, heads, device, log[-1]["loss"] if log else None)
+            stopper.update(total, heads, log[-1]["loss"] if log else None)
         stopper.restore(heads)
         header["stopping"] = stopper.summary(stopped, total)
     else:
@@ -400,18 +400,21 @@ def feature_maps(run: str | Path | DomainHeads, *, chunk: int = 8192
                  ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
     """``(real_map, synth_map)``: numpy callables (N, D) float32 -> (N, D') for ``evaluate(bf, real_map=...)``.
 
+    The heads stay where they are (device and train/eval mode untouched): rows go to the heads' device and the
+    outputs come back to the CPU, so a run in progress can be evaluated (early stopping) without moving its heads.
+
     Args:
         run: a run folder or a ``DomainHeads`` already loaded.
         chunk: rows per forward pass.
     """
-    model = run if isinstance(run, DomainHeads) else load_head(run)
-    model = model.cpu().eval()
+    model = run if isinstance(run, DomainHeads) else load_head(run).eval()
+    device = model.center.device
 
     def make(domain: int) -> Callable[[np.ndarray], np.ndarray]:
         @torch.no_grad()
         def apply(x: np.ndarray) -> np.ndarray:
             x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-            return torch.cat([model.forward_domain(c, domain) for c in x.split(chunk)]).numpy()
+            return torch.cat([model.forward_domain(c.to(device), domain).float().cpu() for c in x.split(chunk)]).numpy()
         return apply
 
     return make(0), make(1)

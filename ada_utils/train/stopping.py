@@ -27,28 +27,13 @@ CURVE = "validation.jsonl"
 BEST = "best.safetensors"
 
 
-def _maps(heads: DomainHeads, device: torch.device):
-    """(real_map, synth_map) numpy callables through ``heads`` on ``device``, without moving the heads."""
-    def make(domain: int):
-        @torch.no_grad()
-        def apply(x: np.ndarray) -> np.ndarray:
-            out = [heads.forward_domain(torch.as_tensor(c, dtype=torch.float32, device=device), domain).float().cpu()
-                   for c in np.array_split(np.asarray(x, np.float32), max(1, len(x) // 8192 + 1))]
-            return torch.cat(out).numpy()
-        return apply
-
-    return make(0), make(1)
-
-
-def validation_score(heads: DomainHeads, validation: BenchmarkFeatures, device: torch.device) -> dict[str, float]:
+def validation_score(heads: DomainHeads, validation: BenchmarkFeatures) -> dict[str, float]:
     """``{"val_R@5", "val_mAP"}``: means over the validation cells of the official metric under ``heads``."""
     from ada_utils.eval.benchmark import evaluate
+    from ada_utils.train.loop import feature_maps
 
-    was_training = heads.training
-    heads.eval()
-    real_map, synth_map = _maps(heads, device)
+    real_map, synth_map = feature_maps(heads)
     cells = evaluate(validation, real_map=real_map, synth_map=synth_map)
-    heads.train(was_training)
     return {"val_R@5": float(np.mean([v["R@5"] for v in cells.values()])),
             "val_mAP": float(np.mean([v["mAP"] for v in cells.values()]))}
 
@@ -90,9 +75,9 @@ class EarlyStopping:
     def due(self, step: int, total: int) -> bool:
         return step % self.every == 0 or step == total
 
-    def update(self, step: int, heads: DomainHeads, device: torch.device, train_loss: float | None) -> bool:
+    def update(self, step: int, heads: DomainHeads, train_loss: float | None) -> bool:
         """Evaluate the heads after ``step`` updates; returns True when the run should stop here."""
-        rec = {"step": step, **validation_score(heads, self.validation, device), "train_loss": train_loss}
+        rec = {"step": step, **validation_score(heads, self.validation), "train_loss": train_loss}
         improved = self.best is None or rec["val_R@5"] > self.best["val_R@5"]
         self.curve.append(rec)
         if improved:
