@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ada_utils.covariance import CovBlocks, Reg, as_matrix, covariance, covariance_blocks, inverse_sqrt, logdet
+from ada_utils.covariance import CovBlocks, Reg, as_matrix, covariance_blocks, inverse_sqrt, logdet
 
 
 def whitened_cross_covariance(X: Any, Y: Any, *, reg: Reg = "auto") -> np.ndarray:
@@ -100,13 +100,13 @@ def fit_domain_whitening(X: Any, Y: Any, *, reg: Reg = "auto") -> CCAModel:
     """Per-domain ZCA whitening as a :class:`CCAModel`: ``A = Σxx^{-1/2}``, ``B = Σyy^{-1/2}`` (pair-free).
 
     The rows of ``X`` ``(n, p)`` and ``Y`` ``(m, q)`` need not be matched (``n != m`` is fine): this is the
-    disentanglement constraint alone, fitted on unlabelled training features; ``rho`` is empty. Unlike
-    ``ada_utils.whitening.Whitening`` (``1/(n−1)``, an ``eps`` ridge, float32 output) it uses this module's
-    ``1/n`` shrunk covariance, so that its output has exactly unit covariance and matches :func:`fit_cca`.
+    disentanglement constraint alone, fitted on unlabelled training features; ``rho`` is empty. It is
+    :class:`ada_utils.whitening.Whitening` (ZCA, no ridge) of each domain, in float64.
     """
-    X, Y = as_matrix(X, name="X"), as_matrix(Y, name="Y")
-    return CCAModel(inverse_sqrt(covariance(X, reg=reg)), inverse_sqrt(covariance(Y, reg=reg)), X.mean(0),
-                    Y.mean(0), np.empty(0))
+    from ada_utils.whitening import Whitening
+
+    wx, wy = (Whitening("zca", eps=0.0, shrinkage=reg).fit(as_matrix(Z, name=name)) for Z, name in ((X, "X"), (Y, "Y")))
+    return CCAModel(wx.weight_.T, wy.weight_.T, wx.mean_, wy.mean_, np.empty(0))
 
 
 def column_correlations(U: Any, V: Any) -> np.ndarray:

@@ -11,7 +11,7 @@ Conventions (all functions; ``ada_utils.cca`` builds on them):
     * Regularisation ``reg`` (shrinkage towards a scaled identity, the Ledoit-Wolf target):
       ``Σ̂ = (1-λ) S + λ (tr S / d) I``. ``reg="auto"``: ``λ = d / (n + d)``, which vanishes as the
       samples outnumber the dimensions; ``reg="ledoit_wolf"``: the Ledoit-Wolf (2004) estimate of the
-      optimal λ; a float in ``[0, 1)``: that λ; ``0``: no shrinkage (then a rank-deficient covariance
+      optimal λ; a float in ``[0, 1]``: that λ; ``0``: no shrinkage (then a rank-deficient covariance
       raises). The cross-covariance is scaled by ``sqrt((1-λx)(1-λy))`` so that the shrunk joint
       covariance ``[[Σxx, Σxy], [Σyx, Σyy]]`` stays positive definite and every canonical correlation
       is ``< 1``; no quantity is ever NaN.
@@ -59,13 +59,12 @@ def as_matrix(X: Any, *, name: str = "X") -> np.ndarray:
 def shrinkage(X: np.ndarray, *, reg: Reg = "auto") -> float:
     """Shrinkage weight λ for the covariance of ``X`` (see module docstring).
 
-    ``"auto"``: ``λ = d / (n + d)``. ``"ledoit_wolf"``: with ``S`` the 1/n covariance, ``μ = tr S / d``,
-    ``δ² = ‖S − μI‖²_F``, ``β² = min(δ², (Σₖ ‖xₖ‖⁴ − n‖S‖²_F) / n²)``, ``λ = β² / δ²``
-    (Ledoit & Wolf 2004, as scikit-learn's ``ledoit_wolf_shrinkage``).
+    ``"auto"``: ``λ = d / (n + d)``. ``"ledoit_wolf"``: the Ledoit & Wolf (2004) estimate of the optimal λ for
+    the 1/n covariance, computed by scikit-learn's ``ledoit_wolf_shrinkage`` (the project's one Ledoit–Wolf).
 
     Args:
         X: ``(n, d)`` float64, rows = samples.
-        reg: ``"auto"``, ``"ledoit_wolf"`` or a float in ``[0, 1)``.
+        reg: ``"auto"``, ``"ledoit_wolf"`` or a float in ``[0, 1]`` (1: the scaled identity alone).
 
     Returns:
         λ in ``[0, 1]``.
@@ -74,17 +73,12 @@ def shrinkage(X: np.ndarray, *, reg: Reg = "auto") -> float:
     if reg == "auto":
         return d / (n + d)
     if reg == "ledoit_wolf":
-        Xc = X - X.mean(0)
-        S = Xc.T @ Xc / n
-        mu = np.trace(S) / d
-        delta2 = np.sum(S**2) - 2 * mu * np.trace(S) + d * mu**2
-        if delta2 <= 0:  # already a multiple of the identity
-            return 0.0
-        beta2 = min(delta2, (np.sum(np.sum(Xc**2, 1) ** 2) - n * np.sum(S**2)) / n**2)
-        return float(max(beta2, 0.0) / delta2)
-    if isinstance(reg, (int, float)) and 0 <= reg < 1:
+        from sklearn.covariance import ledoit_wolf_shrinkage
+
+        return float(ledoit_wolf_shrinkage(X - X.mean(0), assume_centered=True))
+    if isinstance(reg, (int, float)) and 0 <= reg <= 1:
         return float(reg)
-    raise ValueError(f"reg must be 'auto', 'ledoit_wolf' or a float in [0, 1); got {reg!r}")
+    raise ValueError(f"reg must be 'auto', 'ledoit_wolf' or a float in [0, 1]; got {reg!r}")
 
 
 def covariance(X: Any, *, reg: Reg = "auto") -> np.ndarray:

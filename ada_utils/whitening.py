@@ -5,7 +5,9 @@ Conventions: rows are samples, ``X`` is ``(N, D)``. Every fitted map is affine, 
 can initialise a linear head or serve as a ``real_map``/``synth_map`` in the evaluation.
 
 Fit on the *training* split's unlabelled features only (no class ids are used, but fitting on test features
-would leak the test distribution): that is the caller's duty. Statistics are computed in float64.
+would leak the test distribution): that is the caller's duty. Statistics are computed in float64 with the
+project's one covariance estimator (:func:`ada_utils.covariance.covariance`: ``1/n`` moments, shrinkage ``reg``
+with the same meanings everywhere), so a whitened training set has exactly unit covariance.
 
 Why these are controls: for a linear head on fixed features, whitening is the analytic optimum of the pure
 Gaussian Infomax loss (``ada_utils.losses.infomax_loss`` is minimal for an isotropic covariance; whitened
@@ -20,22 +22,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ada_utils.covariance import Reg, as_matrix, covariance, shrinkage as shrinkage_weight
+
 __all__ = ["Whitening", "fit_fastica"]
-
-
-def _as_2d_float64(X: np.ndarray | torch.Tensor, *, who: str) -> np.ndarray:
-    arr = X.detach().cpu().double().numpy() if isinstance(X, torch.Tensor) else np.asarray(X, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] < 2:
-        raise ValueError(f"{who}: `X` must be an (N, D) array with N >= 2, got shape {arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{who}: `X` {arr.shape} contains NaN or inf; check the feature cache.")
-    return arr
 
 
 class Whitening:
     r"""PCA or ZCA whitening with optional shrinkage, fitted on ``(N, D)`` features.
 
-    With :math:`\Sigma_s = (1-\alpha)\hat\Sigma + \alpha\,\tfrac{\mathrm{tr}\hat\Sigma}{D} I = U\Lambda U^\top`:
+    With :math:`\Sigma_s = (1-\alpha)\hat\Sigma + \alpha\,\tfrac{\mathrm{tr}\hat\Sigma}{D} I = U\Lambda U^\top`
+    (:func:`ada_utils.covariance.covariance`, ``1/N`` moments):
     PCA :math:`W = (\Lambda+\varepsilon I)^{-1/2} U^\top` (rows by decreasing variance, optionally the top
     ``n_components``), ZCA :math:`W = U(\Lambda+\varepsilon I)^{-1/2} U^\top` (symmetric; the whitening
     closest to the identity, so coordinates keep their meaning); :math:`b = -W\mu`. On the training data the
@@ -44,7 +40,8 @@ class Whitening:
     Args:
         kind: ``"zca"`` or ``"pca"``.
         eps: ridge added to the eigenvalues (absolute, in feature units²).
-        shrinkage: α in [0, 1], or ``"auto"`` for the Ledoit–Wolf estimate (use it when N is not ≫ D).
+        shrinkage: α in [0, 1], ``"ledoit_wolf"`` for the Ledoit–Wolf estimate (use it when N is not ≫ D) or
+            ``"auto"`` for ``D / (N + D)``: the meanings of :func:`ada_utils.covariance.shrinkage`.
         n_components: PCA only: keep the top-k directions (default all D).
 
     Attributes (after ``fit``):
@@ -56,15 +53,16 @@ class Whitening:
         kind: str = "zca",
         *,
         eps: float = 1e-5,
-        shrinkage: float | str = 0.0,
+        shrinkage: Reg = 0.0,
         n_components: int | None = None,
     ) -> None:
         if kind not in ("zca", "pca"):
             raise ValueError(f"Whitening: `kind` must be 'zca' or 'pca', got {kind!r}.")
         if not eps >= 0:
             raise ValueError(f"Whitening: `eps` must be >= 0, got {eps}.")
-        if shrinkage != "auto" and not (isinstance(shrinkage, (int, float)) and 0.0 <= shrinkage <= 1.0):
-            raise ValueError(f"Whitening: `shrinkage` must be in [0, 1] or 'auto', got {shrinkage!r}.")
+        if shrinkage not in ("auto", "ledoit_wolf") and not (isinstance(shrinkage, (int, float))
+                                                             and 0.0 <= shrinkage <= 1.0):
+            raise ValueError(f"Whitening: `shrinkage` must be in [0, 1], 'ledoit_wolf' or 'auto', got {shrinkage!r}.")
         if n_components is not None and kind != "pca":
             raise ValueError("Whitening: `n_components` only applies to kind='pca' (ZCA keeps all D dims).")
         self.kind, self.eps, self.shrinkage, self.n_components = kind, eps, shrinkage, n_components
@@ -77,22 +75,21 @@ class Whitening:
 
     def fit(self, X: np.ndarray | torch.Tensor) -> Whitening:
         """Estimate mean and whitening matrix from ``X`` ``(N, D)`` (train split, unlabelled)."""
-        arr = _as_2d_float64(X, who="Whitening.fit")
-        n, d = arr.shape
+        if np.ndim(X) != 2:
+            raise ValueError(f"Whitening.fit: `X` must be an (N, D) array, got shape {np.shape(X)}.")
+        arr = as_matrix(X, name="Whitening.fit: X")
+        d = arr.shape[1]
         if self.n_components is not None and not 1 <= self.n_components <= d:
             raise ValueError(f"Whitening: `n_components` must be in [1, {d}], got {self.n_components}.")
         self.mean_ = arr.mean(axis=0)
-        xc = arr - self.mean_
-        cov = xc.T @ xc / (n - 1)
-        if self.shrinkage == "auto":
-            from sklearn.covariance import ledoit_wolf_shrinkage
-
-            self.shrinkage_ = float(ledoit_wolf_shrinkage(xc, assume_centered=True))
-        else:
-            self.shrinkage_ = float(self.shrinkage)
-        cov = (1.0 - self.shrinkage_) * cov + self.shrinkage_ * np.trace(cov) / d * np.eye(d)
+        self.shrinkage_ = shrinkage_weight(arr, reg=self.shrinkage)
+        cov = covariance(arr, reg=self.shrinkage_)
         evals, evecs = np.linalg.eigh(cov)
         evals, evecs = np.clip(evals[::-1], 0.0, None), evecs[:, ::-1]
+        if self.eps == 0 and evals[-1] <= 1e-10 * evals[0]:
+            raise ValueError(f"Whitening: the covariance is rank-deficient (eigenvalues {evals[-1]:.3g} .. "
+                             f"{evals[0]:.3g}): fewer samples than dimensions or constant/duplicate features; "
+                             "use eps > 0 or shrinkage > 0 ('auto', 'ledoit_wolf')")
         # Deterministic signs: the largest-magnitude entry of each eigenvector is positive.
         evecs = evecs * np.sign(evecs[np.abs(evecs).argmax(axis=0), np.arange(d)])
         scale = 1.0 / np.sqrt(evals + self.eps)
@@ -149,7 +146,7 @@ def fit_fastica(
     """
     from sklearn.decomposition import FastICA
 
-    arr = _as_2d_float64(X, who="fit_fastica")
+    arr = as_matrix(X, name="fit_fastica: X")
     ica = FastICA(
         n_components=n_components, whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=tol
     )

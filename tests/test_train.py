@@ -245,7 +245,7 @@ def test_unsupervised_weights_ignore_folder_names_and_pairs(tmp_path: Path, solv
 
 
 def test_gradient_ada_starts_from_per_domain_whitening(tmp_path: Path) -> None:
-    from ada_utils.train.loop import build_model
+    from ada_utils.train.methods import build_model
     from ada_utils.train.data import select_rows
 
     data, cfg = _data(n=800), TrainConfig(epochs=1, batch_size=256, solver="gradient")
@@ -282,7 +282,8 @@ def test_validation_split_holds_out_every_image_of_validation_models(tmp_path: P
 def test_log_cut_by_a_kill_and_grad_scaler_state_survive_resumption(tmp_path: Path) -> None:
     from ada_utils.heads import EncoderWithHeads
     from ada_utils.train.data import select_rows
-    from ada_utils.train.loop import _optimizer, build_model
+    from ada_utils.train.loop import _optimizer
+    from ada_utils.train.methods import build_model
     from ada_utils.train.run_folder import load_checkpoint, read_log, save_checkpoint
     from ada_utils.train.step import FeatureSource
 
@@ -307,7 +308,7 @@ def test_log_cut_by_a_kill_and_grad_scaler_state_survive_resumption(tmp_path: Pa
 def test_whitening_fits_are_remembered_and_equal_a_fresh_fit(tmp_path: Path, monkeypatch) -> None:
     """Runs on the same training rows fit each whitening map once per process; every head equals, bit for bit, the
     head of a process that fitted it afresh (ICA edits its copy in place without touching the remembered map)."""
-    from ada_utils.train import loop
+    from ada_utils.train import methods
     from ada_utils.whitening import Whitening
 
     data = _data()
@@ -318,8 +319,8 @@ def test_whitening_fits_are_remembered_and_equal_a_fresh_fit(tmp_path: Path, mon
                TrainConfig(method="ada", lam=3.0), TrainConfig(method="ada", lam=3.0, center="pooled")]
     heads = {}
     for remember in (False, True):
-        loop._WHITENING.clear()
-        monkeypatch.setattr(loop, "_WHITENING_KEPT", 8 if remember else 0)
+        methods._WHITENING.clear()
+        monkeypatch.setattr(methods, "_WHITENING_KEPT", 8 if remember else 0)
         fits.clear()
         heads[remember] = [{k: v.clone() for k, v in train(cfg, data, tmp_path / f"r{i}", overwrite=True,
                                                            progress=False).model.state_dict().items()}
@@ -328,6 +329,29 @@ def test_whitening_fits_are_remembered_and_equal_a_fresh_fit(tmp_path: Path, mon
     for fresh, kept in zip(heads[False], heads[True]):
         assert all(torch.equal(fresh[k], kept[k]) for k in fresh)
 
+
+def test_each_method_unit_says_what_it_fits_and_where_its_heads_start() -> None:
+    """The method table of ``train.methods``: one unit per method, asked by the loop instead of the method's name."""
+    from ada_utils.train.config import METHODS
+    from ada_utils.train.methods import UNITS
+
+    assert set(METHODS) == set(UNITS) and all(UNITS[m].name == m for m in METHODS)
+    table = {m: (c.fitted_in_closed_form, c.unit.reads_pairs, c.uses_alignment, c.uses_infomax, c.head_init,
+                 c.unit.shared(c)) for m in METHODS for c in [TrainConfig(method=m)]}
+    assert table == {"pretrained": (True, False, False, False, "identity", True),
+                     "whiten": (True, False, False, False, "whiten", False),
+                     "ica": (True, False, False, False, "whiten", True),
+                     "align": (False, False, True, False, "whiten", False),
+                     "disentangle": (False, False, False, True, "whiten", False),
+                     "ada": (True, False, True, True, "whiten", False),
+                     "supervised": (False, True, False, False, "identity", False)}
+    # A closed-form fit starts from whitening whatever `init` says; a gradient run starts where `init` says.
+    assert TrainConfig(method="ada", init="identity").head_init == "whiten"
+    assert TrainConfig(method="ada", solver="gradient", init="identity").head_init == "identity"
+    assert TrainConfig(method="supervised", init="whiten").head_init == "whiten"
+    assert TrainConfig(method="whiten", cov_mode="pooled").unit.shared(TrainConfig(method="whiten", cov_mode="pooled"))
+    w = lambda_schedule(TrainConfig(method="supervised"), 4)
+    assert (w == [1, 0]).all()  # its pair InfoNCE takes the first weight
 
 
 def test_infomax_ica_with_per_domain_heads_keeps_each_heads_scale(tmp_path: Path) -> None:

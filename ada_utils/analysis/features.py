@@ -134,7 +134,7 @@ def _fallback_maps(name: str, pool: TrainData, *, seed: int, train_params: dict,
     from ada_utils.train.loop import feature_maps, train
 
     cfg = _default_config(name, seed=seed, train_params=train_params, epochs=epochs)
-    if cfg.closed_form_ada and cfg.alignment in ("views", "both") and pool.views is None:
+    if cfg.fitted_in_closed_form and cfg.uses_alignment and cfg.alignment in ("views", "both") and pool.views is None:
         pool = training_data(encoder, root, n_views=max(cfg.n_views, 1), augment=cfg.augment, with_pairs=True)
     result = train(cfg, pool, out / f"{name}-seed{seed}", overwrite=True, progress=False)
     return feature_maps(result.model)

@@ -86,7 +86,7 @@ def train_command(args: argparse.Namespace) -> int:
     encoder = load_encoder(cfg.backbone, cfg.weights or None, device=ctx.device, image_size=cfg.image_size,
                            trust_pickle=args.trust_pickle)
     data = training_data(encoder, root, n_views=cfg.n_views, augment=cfg.augment,
-                         with_pairs=cfg.method == "supervised", pool=args.train_pool, real_dirs=args.train_real_dirs,
+                         with_pairs=cfg.unit.reads_pairs, pool=args.train_pool, real_dirs=args.train_real_dirs,
                          synth_dirs=args.train_synth_dirs, progress=ctx.is_main)
     validation, data = stopping_split(cfg, root, data)  # gradient runs stop early on the validation models
     result = train(cfg, data, out, encoder=None if cfg.finetune == "frozen" else encoder, resume=args.resume,

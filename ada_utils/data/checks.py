@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from ada_utils.data.abc import describe_root, json_path, list_distractors, load_test_case, resolve, test_case_names
 from ada_utils.data.plan import TRAIN_JSON
+from ada_utils.calibration import auroc
 
 
 def domain_paths(root: str | Path, test_cases: Sequence[str] | None = None) -> tuple[list[Path], list[Path]]:
@@ -33,7 +33,7 @@ def domain_paths(root: str | Path, test_cases: Sequence[str] | None = None) -> t
 
 def folded_auc(real: np.ndarray, synth: np.ndarray) -> float:
     """ROC AUC of a threshold on a scalar cue, folded to [0.5, 1]."""
-    auc = roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(synth))], np.r_[real, synth])
+    auc = auroc(np.r_[real, synth], np.r_[np.zeros(len(real)), np.ones(len(synth))])
     return float(max(auc, 1.0 - auc))
 
 

@@ -1,20 +1,8 @@
 """Parameters of a training run: the methods, their knobs, and the per-step schedules derived from them.
 
-``method`` selects what is fitted on the *training split* (never on test cells):
-
-=============  ==========================================================================================
-pretrained     nothing: the identity head (the encoder's features as they are)
-whiten         closed-form ZCA whitening of the unlabelled training features (pooled or per domain)
-ica            whitening followed by FastICA (scikit-learn), the closed-form Infomax-ICA control
-align          alignment loss only (``alignment``: InfoNCE between augmented views, cross-domain
-               nearest-neighbour positives, or both)
-disentangle    Infomax loss only (``infomax``: "gaussian" log-det / coding rate, or "ica" Bell–Sejnowski)
-ada            L = L_A + λ L_D: solved exactly for a linear head on frozen features (``solver="closed_form"``,
-               ``closed_form``: squared-distance alignment of unlabelled positive pairs under a Gaussian
-               Infomax term), or trained by gradient (``solver="gradient"``: InfoNCE alignment, any head,
-               fine-tuning, two-stage or joint schedule)
-supervised     AbC's tuned baseline: a real and a synthetic head, InfoNCE over (exemplar, synthetic) pairs
-=============  ==========================================================================================
+``method`` selects what is fitted on the *training split* (never on test cells): one unit per method in
+:mod:`ada_utils.train.methods` (its table says what each fits, from what); every other field is a knob of those
+units, of the loss (:mod:`.step`) or of the loop (:mod:`.loop`).
 
 Unsupervised methods see only ``TrainData.feats``/``views`` and the real/synthetic flag; only ``supervised``
 reads ``TrainData.pairs`` (:mod:`ada_utils.train.data`). The defaults are
@@ -33,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ada_utils.heads import HEAD_KINDS
+from ada_utils.train.methods import UNITS, Method, method_of
 
 
-METHODS = ("pretrained", "align", "disentangle", "ada", "whiten", "ica", "supervised")
-CLOSED_FORM = ("pretrained", "whiten", "ica")
+METHODS = tuple(UNITS)
 CHOICES = {
     "method": METHODS, "infomax": ("gaussian", "ica"), "cov_mode": ("pooled", "per_domain"),
     "cov_kind": ("cov", "corr"), "form": ("auto", "logdet", "coding_rate"), "head": HEAD_KINDS,
@@ -119,12 +107,7 @@ class TrainConfig:
         if self.method in ("align", "ada") and self.alignment != "views" and self.train_domains != "both":
             raise ValueError(f"alignment={self.alignment!r} pairs real with synthetic images: it needs "
                              f"train_domains='both', got {self.train_domains!r}")
-        if self.closed_form_ada:
-            wrong = {k: getattr(self, k) for k, ok in (("head", "linear"), ("finetune", "frozen"),
-                                                       ("infomax", "gaussian")) if getattr(self, k) != ok}
-            if wrong or not self.lam > 0:
-                raise ValueError(f"solver='closed_form' solves a linear head on frozen features with the Gaussian "
-                                 f"Infomax and lam > 0; got {wrong or {'lam': self.lam}}: use solver='gradient'")
+        self.unit.check(self)
         if self.infomax == "ica" and self.uses_infomax and self.head != "linear":
             raise ValueError("infomax='ica' needs head='linear' (a square invertible W)")
         from ada_utils.encoders.backbones import get_recipe
@@ -139,29 +122,28 @@ class TrainConfig:
             raise ValueError(f"stage1_frac={self.stage1_frac} must be in [0, 1)")
 
     @property
-    def closed_form_ada(self) -> bool:
-        return self.method == "ada" and self.solver == "closed_form"
+    def unit(self) -> Method:
+        """The method's unit (:mod:`.methods`): what it fits, from what, and where its heads start."""
+        return method_of(self)
 
     @property
     def fitted_in_closed_form(self) -> bool:
         """No gradient steps: the closed-form controls and closed-form ``ada``."""
-        return self.method in CLOSED_FORM or self.closed_form_ada
+        return self.unit.closed_form(self)
 
     @property
     def head_init(self) -> str:
-        """The init of a gradient-trained head: ``init``, with "auto" = identity for ``supervised`` (AbC's two
-        identity-initialised maps) and per-domain whitening otherwise."""
-        if self.init != "auto":
-            return self.init
-        return "identity" if self.method == "supervised" else "whiten"
+        """Where the heads start: "identity" (``pretrained``; with ``init="auto"``, ``supervised``, as AbC's two
+        identity-initialised maps) or "whiten" (closed-form fits, and with "auto" every other gradient run)."""
+        return self.unit.init(self)
 
     @property
     def uses_infomax(self) -> bool:
-        return self.method in ("disentangle", "ada")
+        return self.unit.disentangles
 
     @property
     def uses_alignment(self) -> bool:
-        return self.method in ("align", "ada")
+        return self.unit.aligns
 
     @classmethod
     def from_dict(cls, params: dict) -> TrainConfig:
@@ -179,12 +161,5 @@ def lr_schedule(cfg: TrainConfig, total_steps: int) -> np.ndarray:
 
 
 def lambda_schedule(cfg: TrainConfig, total_steps: int) -> np.ndarray:
-    """Per-step weights (total_steps, 2) of (L_A, L_D) from the method and schedule."""
-    w = np.zeros((total_steps, 2))
-    w[:, 0] = 1.0 if cfg.uses_alignment else 0.0
-    w[:, 1] = (cfg.lam if cfg.method == "ada" else 1.0) if cfg.uses_infomax else 0.0
-    if cfg.method == "ada" and cfg.schedule == "two_stage":
-        w[: int(cfg.stage1_frac * total_steps), 1] = 0.0
-    if cfg.method == "supervised":
-        w[:, 0] = 1.0
-    return w
+    """Per-step weights (total_steps, 2) of (L_A, L_D): the method's schedule (:meth:`.methods.Method.schedule`)."""
+    return cfg.unit.schedule(cfg, total_steps)

@@ -2,8 +2,8 @@
 
 Two data paths share the loop: cached features (CPU book: a frozen encoder, the head trains in seconds)
 and images (GPU: ``finetune`` = last-k blocks or full; ``step.ImageSource``). On CUDA the forward runs under
-autocast (``amp``: bfloat16, or float16 with a gradient scaler). Closed-form methods are fitted by
-``build_model`` on training rows only.
+autocast (``amp``: bfloat16, or float16 with a gradient scaler). What a method fits, and from what, is its unit
+in :mod:`.methods`; closed-form methods are fitted there (``build_model``) on training rows only.
 
 Under ``torchrun`` (WORLD_SIZE > 1) :mod:`ada_utils.distributed` starts the process group (NCCL on ``cuda:LOCAL_RANK``,
 gloo on the CPU) and the model is wrapped in DistributedDataParallel; ``batch_size`` is the global batch and
@@ -21,11 +21,9 @@ Run folder (:mod:`.run_folder`): ``config.json``, ``log.jsonl``, ``checkpoint.sa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,8 @@ from safetensors.torch import save_file
 
 from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
-from ada_utils.train.config import CLOSED_FORM, TrainConfig, lambda_schedule, lr_schedule
+from ada_utils.train.config import TrainConfig, lambda_schedule, lr_schedule
+from ada_utils.train.methods import build_model
 from ada_utils.train.data import TrainData, select_rows
 from ada_utils import distributed
 from ada_utils.train.step import FeatureSource, ImageSource, StepBatches, Step, autocast_dtype
@@ -47,93 +46,8 @@ if TYPE_CHECKING:
     from ada_utils.encoders.features import BenchmarkFeatures
 
 
-ICA_COMPONENTS = 128  # FastICA sources of the closed-form ICA control (the leading PCA-whitened coordinates)
-
-
 class TrainingDivergedError(RuntimeError):
     """The loss or the weights became NaN/inf; the last good checkpoint is kept on disk."""
-
-
-# ----------------------------------------------------------------------------- model and closed-form fits
-def _centers(cfg: TrainConfig, x: np.ndarray, dom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed input centring (real, synthetic) from training rows."""
-    zero = np.zeros(x.shape[1])
-    if cfg.center == "none" or cfg.method == "pretrained":  # "pretrained" is the encoder's features as they are
-        return zero, zero
-    pooled = x.mean(0)
-    if cfg.center == "pooled":
-        return pooled, pooled
-    return tuple(x[dom == d].mean(0) if (dom == d).sum() >= 2 else pooled for d in (0, 1))  # type: ignore
-
-
-def _set_linear(head: torch.nn.Module, w: np.ndarray, b: np.ndarray) -> None:
-    lin = head.skip.linear if hasattr(head, "skip") else head.linear
-    with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(w))
-        lin.bias.copy_(torch.from_numpy(b))
-
-
-_WHITENING: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # see whitening_map
-_WHITENING_KEPT = 8
-
-
-def whitening_map(kind: str, shrinkage: str | float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``Whitening(kind, shrinkage).fit(x).as_linear()``, remembered by the content of ``x`` for this process.
-
-    The runs of one study (chapter 04's grid and final comparison, the validation path) fit the same training rows
-    again and again, and each fit costs seconds on a CPU; the remembered map is the one a new fit would compute,
-    bit for bit. Copies are returned: callers edit them in place (ICA).
-    """
-    from ada_utils.whitening import Whitening
-
-    x = np.ascontiguousarray(x)
-    key = (kind, shrinkage, x.shape, x.dtype.str, hashlib.sha256(x.view(np.uint8)).hexdigest())
-    if key in _WHITENING:
-        _WHITENING.move_to_end(key)
-        w, b = _WHITENING[key]
-    else:
-        w, b = _WHITENING[key] = Whitening(kind, shrinkage=shrinkage).fit(x).as_linear()
-        while len(_WHITENING) > _WHITENING_KEPT:
-            _WHITENING.popitem(last=False)
-    return w.copy(), b.copy()
-
-
-def build_model(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> DomainHeads:
-    """The head(s) of a run, initialised (and, for closed-form methods, fitted) on training rows only."""
-    from ada_utils.whitening import fit_fastica
-
-    torch.manual_seed(cfg.seed)
-    per_domain_fit = cfg.method == "whiten" and cfg.cov_mode == "per_domain"  # ICA: one pooled rotation
-    shared = cfg.method != "supervised" and not per_domain_fit and (cfg.method in CLOSED_FORM or cfg.heads == "shared")
-    kind = "linear" if cfg.fitted_in_closed_form else cfg.head
-    model = DomainHeads(kind, data.feats.shape[1], shared=shared)
-    x, dom = data.feats[rows].astype(np.float64), data.domain[rows]
-    c_real, c_synth = _centers(cfg, x, dom)
-    model.set_centers(torch.from_numpy(c_real), torch.from_numpy(c_synth))
-    xc = x - np.where(dom[:, None] == 1, c_synth, c_real)
-    if cfg.method == "pretrained" or (not cfg.fitted_in_closed_form and cfg.head_init == "identity"):
-        return model
-    groups = [(model.real, dom == 0), (model.synth, dom == 1)] if not shared else [(model.real, dom >= 0)]
-    shrink = "auto" if cfg.shrinkage < 0 else cfg.shrinkage
-    kind = "pca" if cfg.method == "ica" else "zca"
-    maps = [whitening_map(kind, shrink, xc[mask]) for _, mask in groups]
-    if cfg.method == "ica":
-        # One FastICA rotation, fitted on the pooled whitened training features of both domains (per-domain
-        # rotations would order and sign the sources differently in each domain), applied to the top-k
-        # PCA-whitened coordinates (k = ICA_COMPONENTS: FastICA on all D takes minutes on CPU); the other
-        # coordinates pass unchanged, so the map stays square.
-        k = min(ICA_COMPONENTS, maps[0][0].shape[0])
-        pooled = np.concatenate([xc[mask] @ w[:k].T + b[:k] for (_, mask), (w, b) in zip(groups, maps)])
-        w_ica, b_ica = fit_fastica(pooled, seed=cfg.seed)
-        for w, b in maps:
-            w[:k], b[:k] = w_ica @ w[:k], w_ica @ b[:k] + b_ica
-    if cfg.closed_form_ada:
-        from ada_utils.train.fit import fit_ada
-
-        maps, model.fit_info = fit_ada(cfg, data, rows, [mask for _, mask in groups], maps, (c_real, c_synth))
-    for (head, _), (w, b) in zip(groups, maps):
-        _set_linear(head, w.astype(np.float32), b.astype(np.float32))
-    return model
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -215,11 +129,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     from tqdm.auto import tqdm
 
     from ada_utils.heads import EncoderWithHeads
-    from ada_utils.files import write_json
 
     out_dir = Path(out_dir)
     ctx = distributed.setup(cfg.device)
-    rank, world, device = ctx.rank, ctx.world, ctx.device
     rows = select_rows(cfg, data)
     t0 = time.perf_counter()  # seconds of a run = closed-form fits + training steps
     heads = build_model(cfg, data, rows)
@@ -232,52 +144,30 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
     if distributed.on_main(prepare):
         return TrainResult(out_dir, load_head(out_dir), read_log(out_dir), 0.0, 0)
-    if cfg.finetune == "frozen":
-        source, encoder = FeatureSource(data), None
-    else:
-        if encoder is None or data.paths is None:
-            raise ValueError(f"finetune={cfg.finetune!r} trains on images: pass encoder= and TrainData.paths")
-        header["trainable_encoder_params"] = len(set_trainable(encoder, cfg.finetune, cfg.k_blocks))
-        source = ImageSource(data.paths, encoder.preprocess, recipe=cfg.augment, image_size=cfg.image_size,
-                             n_views=cfg.n_views, seed=cfg.seed)
-    if validation is not None and cfg.finetune != "frozen":
-        raise ValueError(f"finetune={cfg.finetune!r}: early stopping reads cached validation features of the frozen "
-                         "encoder; train without validation= (a fixed budget) or with finetune='frozen'")
-    model = EncoderWithHeads(heads, encoder).to(device)
-    stepper = Step(cfg, data, rows, source, rank=rank, world=world)
+    source, encoder = _source(cfg, data, encoder, header, validation)
+    model = EncoderWithHeads(heads, encoder).to(ctx.device)
+    stepper = Step(cfg, data, rows, source, rank=ctx.rank, world=ctx.world)
     total = 0 if cfg.fitted_in_closed_form else cfg.epochs * stepper.steps_per_epoch
-    lrs, weights = lr_schedule(cfg, max(total, 1)), lambda_schedule(cfg, max(total, 1))
-    header.update(steps=total, steps_per_epoch=stepper.steps_per_epoch, infomax_form=stepper.form, world_size=world)
-    opt = _optimizer(cfg, model) if total else None
-    # float16 autocast needs loss scaling; bfloat16 has float32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg, device) == torch.float16)
-    start, ckpt = 0, out_dir / "checkpoint.safetensors"
-    if resume and ckpt.is_file() and opt is not None:
-        start = load_checkpoint(ckpt, model, opt, stepper, scaler)
+    header.update(steps=total, steps_per_epoch=stepper.steps_per_epoch, infomax_form=stepper.form,
+                  world_size=ctx.world)
+    run = _Session(cfg, model, stepper, total, ctx.device, out_dir, header)
+    start = run.resume() if resume else 0
     log = [r for r in read_log(out_dir) if r["step"] < start]
     stopper = None
     if validation is not None and total:
-        stopper = EarlyStopping(validation, cfg.eval_every, cfg.patience, out_dir if rank == 0 else None,
+        stopper = EarlyStopping(validation, cfg.eval_every, cfg.patience, out_dir if ctx.rank == 0 else None,
                                 warmup=int(round(cfg.warmup_frac * total)))
         if start:
             stopper.resume(start, heads)
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
-    net, start_peak = model, _peak(model)
-    if world > 1 and opt is not None:
-        # Buffers (input centres, frozen BatchNorm statistics) never change during training: no broadcast per step.
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    writer = open(out_dir / "log.jsonl", "w") if rank == 0 else None  # noqa: SIM115 (closed below)
-    if writer is not None:
-        write_json(out_dir / "config.json", header)
-        writer.writelines(json.dumps(r) + "\n" for r in log)
-    batches = StepBatches(stepper, range(start, total), weights)
+    run.open(ctx.rank, ctx.world, log)
+    batches = StepBatches(stepper, range(start, total), run.weights)
     stopped = total
     loader = (batches[i] for i in range(len(batches))) if cfg.num_workers == 0 else torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
     try:
         bar = tqdm(zip(range(start, total), loader), total=total - start, desc=f"train {cfg.method}",
-                   disable=not progress or rank != 0, leave=False)
+                   disable=not progress or ctx.rank != 0, leave=False)
         for step, batch in bar:
             if stop_at is not None and step == stop_at:
                 return None
@@ -285,67 +175,154 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
                     step, heads, log[-1]["loss"] if log else None):
                 stopped = step
                 break
-            if stepper.uses_nn and step % cfg.nn_refresh == 0:
-                stepper.refresh_nn(model, device, step)
-            for group in opt.param_groups:
-                group["lr"] = float(lrs[step])
-            loss, parts = stepper.loss(net, batch, weights[step], device)
-            # The logged loss is the mean over processes (= the one-process loss of the global batch); every
-            # rank sees the same value, so a divergence stops all of them together.
-            values = distributed.all_reduce_mean(torch.tensor([float(loss.detach()), *parts.values()],
-                                                              dtype=torch.float64, device=device)).tolist()
-            value, parts = values[0], dict(zip(parts, values[1:]))
-            if not math.isfinite(value):
-                raise _failed(cfg, step, value, "the loss is NaN/inf", out_dir, header, writer)
-            if _stuck(log, value, step - start):
-                raise _failed(cfg, step, value, f"the loss has not changed for {STUCK_STEPS} steps", out_dir, header,
-                              writer)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            blown = _exploded(model, start_peak)
-            if blown:
-                raise _failed(cfg, step, value, f"{blown} in this step's update", out_dir, header,
-                              writer)
-            rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(lrs[step]), "loss": value,
-                   **parts}
-            log.append(rec)
-            bar.set_postfix(loss=f"{value:.4f}")
-            if writer is not None:
-                writer.write(json.dumps(rec) + "\n")
-                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-                    writer.flush()
-                    save_checkpoint(ckpt, model, opt, stepper, step + 1, scaler)
+            log.append(run.update(step, batch, log, step - start))
+            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
     finally:
-        if writer is not None:
-            writer.close()
-    if stopper is not None:
-        if stopped == total:
-            stopper.update(total, heads, log[-1]["loss"] if log else None)
-        stopper.restore(heads)
-        header["stopping"] = stopper.summary(stopped, total)
-    else:
-        header["stopping"] = {"rule": "none: the whole budget" if total else "closed form: no steps",
-                              "stopped_at": total, "budget_steps": total, "early": False}
+        run.close()
+    header["stopping"] = _stopping(stopper, heads, log, stopped, total)
     seconds = time.perf_counter() - t0
+    distributed.on_main(lambda: run.finish(heads, encoder, seconds, complete=stopped == total))
+    return TrainResult(out_dir, heads.cpu().eval(), log, seconds, stopped)
 
-    def finish() -> None:
-        if opt is not None and stopped == total:
-            save_checkpoint(ckpt, model, opt, stepper, total, scaler)
+
+def _source(cfg: TrainConfig, data: TrainData, encoder: torch.nn.Module | None, header: dict,
+            validation: BenchmarkFeatures | None) -> tuple[FeatureSource | ImageSource, torch.nn.Module | None]:
+    """The inputs of the steps: cached features (frozen encoder, which is then dropped) or images (fine-tuning;
+    opens ``cfg.finetune``'s parameters of ``encoder`` and records how many in ``header``)."""
+    if cfg.finetune == "frozen":
+        return FeatureSource(data), None
+    if encoder is None or data.paths is None:
+        raise ValueError(f"finetune={cfg.finetune!r} trains on images: pass encoder= and TrainData.paths")
+    if validation is not None:
+        raise ValueError(f"finetune={cfg.finetune!r}: early stopping reads cached validation features of the frozen "
+                         "encoder; train without validation= (a fixed budget) or with finetune='frozen'")
+    header["trainable_encoder_params"] = len(set_trainable(encoder, cfg.finetune, cfg.k_blocks))
+    return ImageSource(data.paths, encoder.preprocess, recipe=cfg.augment, image_size=cfg.image_size,
+                       n_views=cfg.n_views, seed=cfg.seed), encoder
+
+
+def _stopping(stopper: EarlyStopping | None, heads: DomainHeads, log: list[dict], stopped: int, total: int) -> dict:
+    """The run's stopping record; an early-stopped run gets its best heads back (a run that took its whole budget
+    is evaluated once more at its end first)."""
+    if stopper is None:
+        return {"rule": "none: the whole budget" if total else "closed form: no steps", "stopped_at": total,
+                "budget_steps": total, "early": False}
+    if stopped == total:
+        stopper.update(total, heads, log[-1]["loss"] if log else None)
+    stopper.restore(heads)
+    return stopper.summary(stopped, total)
+
+
+class _Session:
+    """What one training session holds between steps: optimiser, gradient scaler, schedules, the DDP wrapper and the
+    log writer; it takes one optimiser step at a time and checkpoints the run folder."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, stepper: Step, total: int, device: torch.device,
+                 out_dir: Path, header: dict) -> None:
+        self.cfg, self.model, self.net, self.stepper, self.total = cfg, model, model, stepper, total
+        self.device, self.out_dir, self.header, self.writer = device, out_dir, header, None
+        self.lrs, self.weights = lr_schedule(cfg, max(total, 1)), lambda_schedule(cfg, max(total, 1))
+        self.opt = _optimizer(cfg, model) if total else None
+        # float16 autocast needs loss scaling; bfloat16 has float32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg, device) == torch.float16)
+        self.ckpt = out_dir / "checkpoint.safetensors"
+        self.start_peak = 0.0  # the largest trainable weight at the start of this session (set by open())
+
+    def resume(self) -> int:
+        """The step to start from: the checkpoint's (0 without one, or for a closed-form fit)."""
+        if self.ckpt.is_file() and self.opt is not None:
+            return load_checkpoint(self.ckpt, self.model, self.opt, self.stepper, self.scaler)
+        return 0
+
+    def open(self, rank: int, world: int, log: list[dict]) -> None:
+        """After a resumption: note the weights' scale, wrap the model for DDP; on rank 0 write the header and
+        rewrite the log kept from before the resumption."""
+        from ada_utils.files import write_json
+
+        self.start_peak = _peak(self.model)
+        if world > 1 and self.opt is not None:
+            # Buffers (input centres, frozen BatchNorm statistics) never change in training: no broadcast per step.
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+        if rank == 0:
+            self.writer = open(self.out_dir / "log.jsonl", "w")  # noqa: SIM115 (closed by close())
+            write_json(self.out_dir / "config.json", self.header)
+            self.writer.writelines(json.dumps(r) + "\n" for r in log)
+
+    def update(self, step: int, batch: dict, log: list[dict], done: int) -> dict:
+        """One optimiser step on ``batch``; returns its log record (written, and checkpointed on schedule).
+
+        Raises:
+            TrainingDivergedError: the loss is NaN/inf or stuck, or a weight ran away (the run folder is marked).
+        """
+        cfg, stepper, opt = self.cfg, self.stepper, self.opt
+        if stepper.uses_nn and step % cfg.nn_refresh == 0:
+            stepper.refresh_nn(self.model, self.device, step)
+        for group in opt.param_groups:
+            group["lr"] = float(self.lrs[step])
+        loss, parts = stepper.loss(self.net, batch, self.weights[step], self.device)
+        # The logged loss is the mean over processes (= the one-process loss of the global batch); every rank sees
+        # the same value, so a divergence stops all of them together.
+        values = distributed.all_reduce_mean(torch.tensor([float(loss.detach()), *parts.values()],
+                                                          dtype=torch.float64, device=self.device)).tolist()
+        value, parts = values[0], dict(zip(parts, values[1:]))
+        if not math.isfinite(value):
+            raise self._failed(step, value, "the loss is NaN/inf")
+        if _stuck(log, value, done):
+            raise self._failed(step, value, f"the loss has not changed for {STUCK_STEPS} steps")
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        blown = _exploded(self.model, self.start_peak)
+        if blown:
+            raise self._failed(step, value, f"{blown} in this step's update")
+        rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(self.lrs[step]), "loss": value,
+               **parts}
+        if self.writer is not None:
+            self.writer.write(json.dumps(rec) + "\n")
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < self.total:
+                self.writer.flush()
+                save_checkpoint(self.ckpt, self.model, opt, stepper, step + 1, self.scaler)
+        return rec
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def finish(self, heads: DomainHeads, encoder: torch.nn.Module | None, seconds: float, *, complete: bool) -> None:
+        """Rank 0: the final checkpoint (a run that took its whole budget), the heads, a fine-tuned encoder, and the
+        header marked finished."""
+        from ada_utils.files import write_json
+
+        if self.opt is not None and complete:
+            save_checkpoint(self.ckpt, self.model, self.opt, self.stepper, self.total, self.scaler)
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()},
-                  str(out_dir / "head.safetensors"))
+                  str(self.out_dir / "head.safetensors"))
         if encoder is not None:
             from ada_utils.encoders.checkpoints import save_encoder_checkpoint
 
-            save_encoder_checkpoint(encoder, out_dir / "encoder.safetensors")
-        write_json(out_dir / "config.json", {**header, "status": "finished", "train_seconds": seconds})
+            save_encoder_checkpoint(encoder, self.out_dir / "encoder.safetensors")
+        write_json(self.out_dir / "config.json", {**self.header, "status": "finished", "train_seconds": seconds})
 
-    distributed.on_main(finish)  # returns on every rank once the finished run is on disk
-    return TrainResult(out_dir, heads.cpu().eval(), log, seconds, stopped)
+    def _failed(self, step: int, loss: float, reason: str) -> TrainingDivergedError:
+        """The divergence error naming ``reason``; rank 0 marks the run folder failed, so that no later run takes it
+        for finished."""
+        cfg = self.cfg
+        message = (f"training diverged at step {step}: {reason} (loss={loss}) with lr={cfg.lr} (method={cfg.method!r}, "
+                   f"lam={cfg.lam}, eps={cfg.eps}): lower --lr (or raise eps / grad_clip) and run again with "
+                   "--overwrite")
+        message += f"; the last good checkpoint is kept in {self.ckpt}" if self.ckpt.is_file() else ""
+        if self.writer is not None:
+            from ada_utils.files import write_json
+
+            write_json(self.out_dir / "config.json", {**self.header, "status": "failed",
+                                                      "error": f"diverged at step {step}, lr={cfg.lr}: {reason}"})
+        return TrainingDivergedError(message)
 
 
 # Trainable weights this many times larger than at the start of the session mean the optimiser has run away
@@ -377,22 +354,6 @@ def _stuck(log: list[dict], value: float, done: int) -> bool:
     if done < STUCK_STEPS or value == 0.0:
         return False
     return all(r["loss"] == value for r in log[-STUCK_STEPS:])
-
-
-def _failed(cfg: TrainConfig, step: int, loss: float, reason: str, out_dir: Path, header: dict,
-            writer) -> TrainingDivergedError:
-    """The divergence error naming ``reason``; rank 0 marks the run folder failed, so that no later run takes it for
-    finished."""
-    message = (f"training diverged at step {step}: {reason} (loss={loss}) with lr={cfg.lr} (method={cfg.method!r}, "
-               f"lam={cfg.lam}, eps={cfg.eps}): lower --lr (or raise eps / grad_clip) and run again with --overwrite")
-    ckpt = out_dir / "checkpoint.safetensors"
-    message += f"; the last good checkpoint is kept in {ckpt}" if ckpt.is_file() else ""
-    if writer is not None:
-        from ada_utils.files import write_json
-
-        write_json(out_dir / "config.json", {**header, "status": "failed", "error": f"diverged at step {step}, "
-                                             f"lr={cfg.lr}: {reason}"})
-    return TrainingDivergedError(message)
 
 
 # ----------------------------------------------------------------------------- using a trained head

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: DomainHeads) -> dict:
     from ada_utils.project import hardware, library_versions
 
-    return {"config": dataclasses.asdict(cfg), "data_hash": data.fingerprint(with_pairs=cfg.method == "supervised"),
+    return {"config": dataclasses.asdict(cfg), "data_hash": data.fingerprint(with_pairs=cfg.unit.reads_pairs),
             "n_rows": int(len(rows)), "feature_dim": int(data.feats.shape[1]), "head_kind": model.kind,
             "shared": model.shared, "library_versions": library_versions(), "hardware": hardware(),
             "fit": getattr(model, "fit_info", {}), "train_pool": data.source, "status": "running"}

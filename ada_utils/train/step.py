@@ -102,7 +102,7 @@ class Step:
         self.cfg, self.source, self.rank, self.world = cfg, source, rank, world
         self.rows = torch.from_numpy(rows.astype(np.int64))
         self.domain = torch.from_numpy(data.domain.astype(np.int64))
-        self.supervised = cfg.method == "supervised"
+        self.supervised = cfg.unit.reads_pairs
         if self.supervised:
             if data.pairs is None or data.pair_model is None:
                 raise ValueError("method='supervised' needs TrainData.pairs and pair_model (training pairs)")
