@@ -35,22 +35,6 @@ def pair_scatter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return diff.T @ diff / len(diff)
 
 
-def mutual_nn_pairs(z_synth: np.ndarray, z_real: np.ndarray) -> np.ndarray:
-    """(P, 2) int64 index pairs (synthetic row, real row) that are each other's cosine nearest neighbour.
-
-    Mutual nearest neighbours are the high-precision subset of cross-domain neighbour pairs: both images
-    must pick each other (each direction is ``losses.cross_domain_nn_positives``). No labels are read.
-    """
-    import torch
-
-    from ada_utils.losses import cross_domain_nn_positives
-
-    zs, zr = torch.from_numpy(np.asarray(z_synth)), torch.from_numpy(np.asarray(z_real))
-    s_to_r, r_to_s = cross_domain_nn_positives(zs, zr).numpy(), cross_domain_nn_positives(zr, zs).numpy()
-    synth = np.flatnonzero(r_to_s[s_to_r] == np.arange(len(s_to_r)))
-    return np.stack([synth, s_to_r[synth]], axis=1).astype(np.int64)
-
-
 def lagrange_multiplier(eigvals: np.ndarray, lam: float, *, tol: float = 1e-12) -> float:
     """μ with ``(λ/2) · mean(1/(s + μ)) = 1`` and ``s + μ > 0`` (bisection; the left side falls in μ)."""
     if not lam > 0:

@@ -74,6 +74,12 @@ def test_copy_findings_puts_the_results_paragraph_where_the_intro_includes_it(tm
     src.parent.mkdir(parents=True)
     src.write_text("**What this book finds** ...\n")
     assert copy_findings(out).read_text() == "**What this book finds** ...\n"
+    mech = tmp_path / "work" / "runs" / "07_mechanism" / "findings.md"
+    mech.parent.mkdir(parents=True)
+    mech.write_text("Alignment does not beat whitening.\nThe head is the limit.\n")
+    assert copy_findings(out).read_text() == ("**What this book finds** ...\n- Where the alignment signal comes from "
+                                              "({doc}`../executed/07_mechanism`): Alignment does not beat whitening. "
+                                              "The head is the limit.\n")
     assert "executed/findings.md" in (Path(__file__).parents[1] / "book" / "intro.md").read_text()
 
 

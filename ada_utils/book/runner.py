@@ -163,13 +163,19 @@ def write_timings(out_dir: Path, times: dict[str, float]) -> None:
 
 
 def copy_findings(out_dir: Path) -> Path:
-    """Copy the results chapter's generated findings (``runs/05_results/findings.md``) to where the intro includes
-    them (``<out_dir>/findings.md``); without a results run, a line saying so."""
+    """Copy the generated findings to where the intro includes them (``<out_dir>/findings.md``): the results
+    chapter's (``runs/05_results/findings.md``), then the mechanism chapter's (``runs/07_mechanism/findings.md``) as
+    a last item; without a results run, a line saying so."""
     from ada_utils.project import runs_dir
 
-    src, dst = runs_dir() / "05_results" / "findings.md", out_dir / "findings.md"
-    dst.write_text(src.read_text() if src.is_file() else
-                   "*The findings appear here once the results chapter has run (`make book`).*\n")
+    results, mechanism, dst = (runs_dir() / "05_results" / "findings.md", runs_dir() / "07_mechanism" / "findings.md",
+                               out_dir / "findings.md")
+    text = (results.read_text() if results.is_file() else
+            "*The findings appear here once the results chapter has run (`make book`).*\n")
+    if mechanism.is_file():
+        text = text.rstrip("\n") + "\n- Where the alignment signal comes from ({doc}`../executed/07_mechanism`): " + " ".join(
+            mechanism.read_text().split("\n")).strip() + "\n"
+    dst.write_text(text)
     return dst
 
 

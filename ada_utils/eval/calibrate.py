@@ -26,7 +26,7 @@ import torch
 
 from ada_utils.calibration import (Calibrator, auroc, expected_calibration_error, fit_calibrator, fixed_temperature,
                                    query_measures, reliability)
-from ada_utils.closed_form import mutual_nn_pairs
+from ada_utils.pseudo_pairs import mutual_nn
 from ada_utils.data.cells import object_cells, unseen_cells
 from ada_utils.encoders.features import BenchmarkFeatures
 from ada_utils.eval.statistics import Comparison, paired_bootstrap
@@ -103,7 +103,7 @@ def label_free_set(data: TrainData, real_map: FeatureMap = _identity, synth_map:
     if pseudo in ("mutual", "both") and len(synth):
         queries = synth_map(data.feats[synth])
         for v in _views(data, "mutual"):  # pairs found on the views, scored on the plain images: see the docstring
-            pairs = mutual_nn_pairs(unit_rows(synth_map(v[synth])), unit_rows(real_map(v[real])))
+            pairs = mutual_nn(unit_rows(synth_map(v[synth])), unit_rows(real_map(v[real])))
             positive = np.zeros((len(pairs), len(real)), dtype=bool)
             positive[np.arange(len(pairs)), pairs[:, 1]] = True
             sets.append(ScoreSet(_cosine(queries[pairs[:, 0]], gallery), positive))

@@ -89,34 +89,44 @@ def cca_ceiling(data: TrainData, val_bf: BenchmarkFeatures, *, regs: Sequence = 
     return _pick("cca_ceiling", [{"reg": r, "power": p} for r in regs for p in powers], make, val_bf)
 
 
-def _whitening(cfg: TrainConfig, data: TrainData) -> tuple[FeatureMap, FeatureMap]:
+def whitening_maps(cfg: TrainConfig, data: TrainData) -> tuple[FeatureMap, FeatureMap]:
+    """(real_map, synth_map) of per-domain whitening fitted on the unlabelled pool ``data`` (as the ``whiten_pd`` row)."""
     from ada_utils.eval.ablation import fitted_maps
 
     with tempfile.TemporaryDirectory() as tmp:
         return fitted_maps(dataclasses.replace(cfg, method="whiten", cov_mode="per_domain"), data, Path(tmp))
 
 
-def ada_true_pairs(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, *,
-                   lams: Sequence[float]) -> Oracle:
-    """The closed-form ada head with the scatter of the true pairs (per-domain whitening first); λ on validation."""
+def ada_on_pairs(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, pairs: np.ndarray, *,
+                 lams: Sequence[float], name: str) -> Oracle:
+    """The closed-form ada head with the alignment scatter of ``pairs`` ((P, 2) pool rows (real, synthetic)), on
+    per-domain whitening of the pool; λ chosen on validation. With the true pairs it is a labelled ceiling; with
+    pseudo-pairs (:mod:`ada_utils.eval.mechanism`) an unsupervised head."""
     from ada_utils.closed_form import ada_head, pair_scatter
 
-    real_w, synth_w = _whitening(cfg, data)
-    xs, xr = _pair_rows(data)
-    scatter = pair_scatter(synth_w(xs), real_w(xr))
+    real_w, synth_w = whitening_maps(cfg, data)
+    scatter = pair_scatter(synth_w(data.feats[pairs[:, 1]]), real_w(data.feats[pairs[:, 0]]))
 
     def make(knob: dict) -> tuple[FeatureMap, FeatureMap]:
         head = ada_head(scatter, knob["lam"])[0].astype(np.float32)
         return (lambda x: real_w(x) @ head.T), (lambda x: synth_w(x) @ head.T)
 
-    return _pick("ada_true_pairs", [{"lam": float(v)} for v in lams], make, val_bf)
+    return _pick(name, [{"lam": float(v)} for v in lams], make, val_bf)
+
+
+def ada_true_pairs(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, *,
+                   lams: Sequence[float]) -> Oracle:
+    """The closed-form ada head with the scatter of the true pairs (per-domain whitening first); λ on validation."""
+    if data.pairs is None:
+        raise ValueError("a labelled ceiling needs TrainData.pairs (training_data(..., with_pairs=True))")
+    return ada_on_pairs(cfg, data, val_bf, data.pairs, lams=lams, name="ada_true_pairs")
 
 
 def procrustes(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, *, ks: Sequence[int]) -> Oracle:
     """Per-domain whitening, then the Procrustes rotation of the true pairs in the top-k subspace; k on validation."""
     from ada_utils.closed_form import subspace_procrustes
 
-    real_w, synth_w = _whitening(cfg, data)
+    real_w, synth_w = whitening_maps(cfg, data)
     xs, xr = _pair_rows(data)
     u_s, u_r = synth_w(xs).astype(np.float64), real_w(xr).astype(np.float64)
     pooled = np.vstack([u_r, u_s])

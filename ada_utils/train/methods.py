@@ -175,7 +175,8 @@ class Ada(Method):
         """``ada_head`` on top of the whitened start, fitted on the training rows' unlabelled positive pairs
         (``cfg.alignment``): each row with its cached augmented views, and/or mutual nearest real/synthetic
         neighbours in the whitened space. Keeps ``ada_head``'s info in ``fit.info``."""
-        from ada_utils.closed_form import ada_head, mutual_nn_pairs, pair_scatter
+        from ada_utils.closed_form import ada_head, pair_scatter
+        from ada_utils.pseudo_pairs import mutual_nn
 
         if not self.closed_form(cfg):
             return fit.maps
@@ -187,7 +188,7 @@ class Ada(Method):
             scatters.append(np.mean([pair_scatter(u, fit.whiten(v[rows])) for v in data.views], axis=0))
         if cfg.alignment in ("xdomain_nn", "both"):
             synth, real = np.flatnonzero(dom == 1), np.flatnonzero(dom == 0)
-            pairs = mutual_nn_pairs(u[synth], u[real])
+            pairs = mutual_nn(u[synth], u[real])
             if len(pairs) == 0:
                 raise ValueError("alignment='xdomain_nn': no mutual nearest real/synthetic neighbours in the training "
                                  "rows")
