@@ -75,11 +75,21 @@ def ada_head(scatter: np.ndarray, lam: float) -> tuple[np.ndarray, dict]:
         (W*, info) with info = {"lam", "mu", "eigvals": the normalised spectrum s (ascending), "gains": the
         per-direction scale sqrt(λ/2/(s+μ)) of W*} (plotted by ``03_train``).
     """
+    return head_from_spectrum(*scatter_spectrum(scatter), lam)
+
+
+def scatter_spectrum(scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s ascending, eigenvectors) of the normalised scatter: the λ-free part of :func:`ada_head`, computed once
+    when many λ are tried on one scatter."""
     d = scatter.shape[0]
     if scatter.shape != (d, d) or not np.all(np.isfinite(scatter)):
         raise ValueError(f"ada_head: scatter must be a finite (D, D) matrix, got shape {scatter.shape}")
     s, vecs = np.linalg.eigh(_unit_mean(scatter))
-    s = np.clip(s, 0.0, None)  # round-off below 0 in a positive semi-definite scatter
+    return np.clip(s, 0.0, None), vecs  # round-off below 0 in a positive semi-definite scatter
+
+
+def head_from_spectrum(s: np.ndarray, vecs: np.ndarray, lam: float) -> tuple[np.ndarray, dict]:
+    """:func:`ada_head` of the scatter whose :func:`scatter_spectrum` is ``(s, vecs)``."""
     mu, g2 = _squared_gains(s, lam)
     gains = np.sqrt(g2)
     return (vecs * gains) @ vecs.T, {"lam": float(lam), "mu": float(mu), "eigvals": s.tolist(), "gains": gains.tolist()}

@@ -146,3 +146,13 @@ class EncoderWithHeads(nn.Module):
         """(B, 3, H, W) images or (B, D) features, domain (B,) -> (B, D_out) float32."""
         feats = x if self.encoder is None else self.encoder(x)
         return self.heads(feats.float(), domain)
+
+    @property
+    def center(self) -> torch.Tensor:
+        """The heads' centring buffer (its device is the model's)."""
+        return self.heads.center
+
+    def forward_domain(self, x: torch.Tensor, domain: int) -> torch.Tensor:
+        """Inputs that all come from one domain -> (N, D_out), as ``DomainHeads.forward_domain``."""
+        feats = x if self.encoder is None else self.encoder(x)
+        return self.heads.forward_domain(feats.float(), domain)

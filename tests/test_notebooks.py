@@ -20,7 +20,7 @@ NOTEBOOKS = discover(REPO / "notebooks")
 ORDER = execution_order(NOTEBOOKS)
 # Chapters that read no other chapter's run and execute on the AbC-named rehearsal root instead of the embedded one
 # (tests/test_paper_path.py), which exercises every code path the embedded root does and AbC's names besides.
-ON_ABC_ROOT = {"06_attribute_your_images"}
+ON_ABC_ROOT = {"06_attribute_your_images", "07_mechanism"}
 
 
 def _execute(name: str, out: Path, **params) -> None:

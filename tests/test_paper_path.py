@@ -90,7 +90,8 @@ def test_training_chapter_fine_tunes_official_weights_on_an_abc_root(kind, paper
 @pytest.mark.slow
 def test_ablations_and_results_group_abc_cells(paper_runs, abc_root, tmp_path):
     """04 and 05 select object and style cells from the cells table: on AbC's test cases no NaN, no 0/0. 05 shows
-    the fine-tuned MoCo v3 run of the paper file, with the encoder that run trained."""
+    the fine-tuned MoCo v3 run of the paper file, with the encoder that run trained. 07 audits pseudo-pairs on
+    AbC's training split and gives its verdicts on AbC's cells."""
     _run("04_ablations", None, tmp_path / "04.ipynb", data_root=str(abc_root), smoke=True, image_size=32, seeds=[0],
          n_boot=200)
     summary = json.loads((Path(os.environ["ADA_WORK"]) / "runs" / "04_ablations" /
@@ -101,6 +102,12 @@ def test_ablations_and_results_group_abc_cells(paper_runs, abc_root, tmp_path):
     _run("05_results", None, tmp_path / "05.ipynb", data_root=str(abc_root), smoke=True)
     findings = (Path(os.environ["ADA_WORK"]) / "runs" / "05_results" / "findings.md").read_text()
     assert "AbC-named rehearsal" in findings and "8 cells" in findings
+    # 07 on the same root: pseudo-pairs of AbC's training split, verdicts on AbC's cells.
+    _run("07_mechanism", None, tmp_path / "07.ipynb", data_root=str(abc_root), smoke=True, image_size=32, seeds=[0],
+         n_boot=200)
+    mechanism = json.loads((Path(os.environ["ADA_WORK"]) / "runs" / "07_mechanism" / "summary.json").read_text())
+    assert {c["cell"] for c in mechanism["comparisons"]} == ABC_CELLS and mechanism["data"].startswith("AbC-named")
+    assert all(0 <= r["precision"] <= 1 for r in mechanism["audit"])
 
 
 @pytest.mark.slow

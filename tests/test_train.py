@@ -354,6 +354,34 @@ def test_each_method_unit_says_what_it_fits_and_where_its_heads_start() -> None:
     assert (w == [1, 0]).all()  # its pair InfoNCE takes the first weight
 
 
+def test_fixed_pseudo_pairs_train_both_solvers_and_follow_the_rows(tmp_path: Path) -> None:
+    """alignment="pairs": the pool's fixed positives replace the nearest-neighbour search; the closed form fits its
+    scatter on them, the gradient run's InfoNCE falls on them, a subset remaps them and a missing table is named."""
+    from ada_utils.eval.mechanism import with_positives
+    from ada_utils.train.data import subset
+
+    data = _data()
+    paired = with_positives(data, data.pairs)
+    assert (paired.positives[data.pairs[:, 1]] == data.pairs[:, 0]).all()
+    assert paired.fingerprint(with_pairs=False) != data.fingerprint(with_pairs=False)
+    closed = train(TrainConfig(method="ada", alignment="pairs", lam=3.0), paired, tmp_path / "c", progress=False)
+    views = train(TrainConfig(method="ada", alignment="views", lam=3.0), paired, tmp_path / "v", progress=False)
+    assert not torch.equal(closed.model.real.weight, views.model.real.weight)
+    res = train(_cfg(method="align", alignment="pairs"), paired, tmp_path / "g", progress=False)
+    values = [r["loss_align"] for r in res.log]
+    assert np.mean(values[-3:]) < np.mean(values[:3])
+    rows = np.arange(0, len(data.feats), 2)
+    sub = subset(paired, rows)
+    kept = sub.positives >= 0
+    assert (paired.positives[rows[kept]] == rows[sub.positives[kept]]).all()
+    dropped = paired.positives[rows[~kept]]  # their partner left with the odd rows
+    assert ((dropped == -1) | (dropped % 2 == 1)).all()
+    with pytest.raises(ValueError, match="positives"):
+        train(_cfg(method="align", alignment="pairs"), data, tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="positives"):
+        train(TrainConfig(method="ada", alignment="pairs"), data, tmp_path / "y", overwrite=True, progress=False)
+
+
 def test_infomax_ica_with_per_domain_heads_keeps_each_heads_scale(tmp_path: Path) -> None:
     """Each per-domain head carries its own −log|det W_g|: without it the synthetic head only shrinks (the bug of
     applying the real head's log-det alone)."""

@@ -177,6 +177,9 @@ def compare(final: dict[str, list[dict]], pairs: Sequence[tuple[str, str]], cell
     table (:func:`ada_utils.eval.statistics.holm`), margin δ = ``margin``."""
     out = []
     for a, b in pairs:
+        if len(final[a]) != len(final[b]):
+            raise ValueError(f"compare: {a!r} has {len(final[a])} seeds and {b!r} {len(final[b])}; compare runs of "
+                             "the same seeds (the variance over seeds pairs them)")
         for c in cells:
             for metric, key in COMPARED:
                 per_seed = [float(np.mean(ra["per_query"][c][key]) - np.mean(rb["per_query"][c][key]))

@@ -13,13 +13,15 @@ Precision and coverage read the training pairs' model ids: an evaluation-only di
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 from ada_utils import pseudo_pairs as pp
 from ada_utils.eval.oracles import Oracle, ada_on_pairs, whitening_maps
@@ -74,6 +76,7 @@ class PairFit:
     audit: dict
     rounds: list[dict]
     head: Oracle
+    pool_rows: np.ndarray  # (P, 2) pool rows (real, synthetic) of the pairs, the order of TrainData.pairs
 
     def record(self) -> dict:
         """One row of the audit table (validation R@5 of the chosen λ; no test cell)."""
@@ -101,41 +104,45 @@ def pool_models(data: TrainData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def fit_sources(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, *, lams: Sequence[float],
-                sources: Sequence[Source], seed: int = 0) -> list[PairFit]:
+                sources: Sequence[Source], seed: int = 0, whitening: tuple | None = None) -> list[PairFit]:
     """Every source's pairs on the training pool, audited, and the closed-form head fitted on them (λ on validation).
 
-    Iterated sources refit with the λ chosen for their first round and choose λ again at the end.
+    Iterated sources refit with the λ chosen for their first round and choose λ again at the end. ``whitening``:
+    the pool's :func:`whitening_maps` (fitted here when None).
     """
     from ada_utils.closed_form import ada_head, pair_scatter
 
     synth, real, synth_model, real_model = pool_models(data)
-    real_w, synth_w = whitening_maps(cfg, data)
+    real_w, synth_w = whitening or whitening_maps(cfg, data)
     white = synth_w(data.feats[synth]).astype(np.float64), real_w(data.feats[real]).astype(np.float64)
     raw = data.feats[synth].astype(np.float64), data.feats[real].astype(np.float64)
     out = []
     for src in sources:
         pairs = src.make(*(raw if src.space == "raw" else white), seed)
         rounds = [pp.audit(pairs, synth_model, real_model)]
-        head = _head(cfg, data, val_bf, synth, real, pairs, lams, f"pairs-{src.name}")
+        rows = _pool_rows(synth, real, pairs, src.name)
+        head = ada_on_pairs(cfg, data, val_bf, rows, lams=lams, name=f"pairs-{src.name}",
+                            whitening=(real_w, synth_w))
         for _ in range(src.rounds):
             w = ada_head(pair_scatter(white[0][pairs[:, 0]], white[1][pairs[:, 1]]), head.choice["lam"])[0]
             pairs = src.make(white[0] @ w.T, white[1] @ w.T, seed)
             rounds.append(pp.audit(pairs, synth_model, real_model))
-            head = _head(cfg, data, val_bf, synth, real, pairs, lams, f"pairs-{src.name}")
-        out.append(PairFit(src.name, src.label, rounds[-1], rounds, head))
+            rows = _pool_rows(synth, real, pairs, src.name)
+            head = ada_on_pairs(cfg, data, val_bf, rows, lams=lams, name=f"pairs-{src.name}",
+                                whitening=(real_w, synth_w))
+        out.append(PairFit(src.name, src.label, rounds[-1], rounds, head, rows))
     return out
 
 
-def _head(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, synth: np.ndarray, real: np.ndarray,
-          pairs: np.ndarray, lams: Sequence[float], name: str) -> Oracle:
+def _pool_rows(synth: np.ndarray, real: np.ndarray, pairs: np.ndarray, name: str) -> np.ndarray:
+    """(P, 2) pool rows (real, synthetic), the order of ``TrainData.pairs``, of a source's (synthetic, real) pairs."""
     if len(pairs) == 0:
         raise ValueError(f"pseudo-pair source {name!r} made no pairs on this training pool")
-    rows = np.stack([real[pairs[:, 1]], synth[pairs[:, 0]]], axis=1)  # TrainData.pairs order: (real, synthetic)
-    return ada_on_pairs(cfg, data, val_bf, rows, lams=lams, name=name)
+    return np.stack([real[pairs[:, 1]], synth[pairs[:, 0]]], axis=1)
 
 
 def true_pair_fit(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, *, lams: Sequence[float],
-                  precision: float = 1.0, seed: int = 0) -> PairFit:
+                  precision: float = 1.0, seed: int = 0, whitening: tuple | None = None) -> PairFit:
     """The same head on the true training pairs: the ceiling of this head family. With ``precision < 1`` a share
     ``1 − precision`` of them, drawn with ``seed``, get the exemplar of another model instead: pairs of a known
     precision, for the precision sweep (is the head limited by the pairs' precision, or by itself?)."""
@@ -155,8 +162,8 @@ def true_pair_fit(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, 
     audit = {"pairs": int(len(pairs)), "precision": float(hit.mean()),
              "coverage": float(np.isin(synth, pairs[:, 1]).mean()), "real_used": float(np.isin(
                  np.flatnonzero(data.domain == 0), pairs[:, 0]).mean())}
-    head = ada_on_pairs(cfg, data, val_bf, pairs, lams=lams, name=name)
-    return PairFit(name, label, audit, [audit], head)
+    head = ada_on_pairs(cfg, data, val_bf, pairs, lams=lams, name=name, whitening=whitening)
+    return PairFit(name, label, audit, [audit], head, pairs)
 
 
 def model_subset(data: TrainData, fraction: float, seed: int) -> TrainData:
@@ -233,9 +240,10 @@ def learning_curve(cfg: TrainConfig, study: Ablations, val_bf: BenchmarkFeatures
             if key not in done:
                 sub = model_subset(study.data_of(key[1]), f, key[1])
                 folder = study.out_root / f"curve-{f:g}-seed{key[1]}"
-                fits = {"whiten_pd": whitening_maps(cfg, sub),
-                        "pseudo": _maps(fit_sources(cfg, sub, val_bf, lams=lams, sources=[source], seed=key[1])[0]),
-                        "true_pairs": _maps(true_pair_fit(cfg, sub, val_bf, lams=lams))}
+                white = whitening_maps(cfg, sub)
+                fits = {"whiten_pd": white, "pseudo": _maps(fit_sources(cfg, sub, val_bf, lams=lams, sources=[source],
+                                                                        seed=key[1], whitening=white)[0]),
+                        "true_pairs": _maps(true_pair_fit(cfg, sub, val_bf, lams=lams, whitening=white))}
                 done[key] = ({k: record_maps(*m, study.bench, folder / k) for k, m in fits.items()},
                              (len(np.unique(sub.pair_model)), len(sub.feats)))
             for k, r in done[key][0].items():
@@ -307,28 +315,26 @@ def _tally_text(t: dict[str, int]) -> str:
 
 
 def findings(best: PairFit, test: dict[str, list[dict]], whitening: list[dict], comparisons: Sequence[Comparison],
-             curve: Curve, *, need: float | None, margin: float) -> list[str]:
-    """The chapter's conclusion, every number from this build: does the best pseudo-pair head (chosen on validation)
-    beat whitening, how far is it from the true-pairs head, and which limit the numbers point to."""
+             curve: Curve, *, need: float | None, margin: float, gradient: dict[str, str] | None = None) -> list[str]:
+    """The chapter's conclusion, every number from this build: does the head on ``best``'s pseudo-pairs (a source
+    fixed in advance) beat whitening, how far is it from the true-pairs head, what gradient-trained heads (``gradient``: run name ->
+    label, their runs in ``test``) make of the same pairs, and which limit the numbers point to."""
     t_best = verdict_tally(comparisons, best.name, "whiten_pd")
     t_true = verdict_tally(comparisons, "true_pairs", "whiten_pd")
     r_best, r_true = mean_cells(test[best.name][0]), mean_cells(test["true_pairs"][0])
     r_white = float(np.mean([mean_cells(r) for r in whitening]))
     verb = "does not beat" if t_best[">"] == 0 else f"beats, in {t_best['>']} of {sum(t_best.values())} cells,"
-    out = [f"Unsupervised alignment {verb} per-domain whitening on this benchmark: the best pseudo-pair source on the "
-           f"validation models, {best.label} (precision {best.audit['precision']:.2f}, coverage "
+    out = [f"Unsupervised alignment {verb} per-domain whitening on this benchmark: the closed-form head on the "
+           f"pseudo-pairs of {best.label}, the source fixed in advance (precision {best.audit['precision']:.2f}, coverage "
            f"{best.audit['coverage']:.0%} of the synthetic training images), gives a mean R@5 of {r_best:.3f} against "
            f"{r_white:.3f} ({_tally_text(t_best)}; Holm-corrected, margin δ = {margin:g}).",
            f"The same head on the true training pairs gives {r_true:.3f} ({_tally_text(t_true)})."]
-    if t_true[">"] == 0:
-        out.append("What limits it is the head, not the pairs: even right pairs do not lift this linear head on frozen "
-                   "features above whitening in any cell.")
-    elif need is not None and best.audit["precision"] < need:
-        out.append(f"What limits it is the signal: {best.audit['precision']:.0%} of the best source's pseudo-pairs are "
-                   f"right, and on the validation models the head needs pairs about {need:.0%} right before it beats "
-                   "whitening.")
-    else:
-        out.append("Neither the precision of the pairs nor the head alone explains the gap at this scale.")
+    for name, label in (gradient or {}).items():
+        out.append(f"Trained by gradient on the same pseudo-pairs (InfoNCE plus the Infomax term, early-stopped on "
+                   f"validation), {label} gives {np.mean([mean_cells(r) for r in test[name]]):.3f} "
+                   f"({_tally_text(_against_whitening(comparisons, name))} against whitening"
+                   f"{_kept(test[name])}).")
+    out.append(_limit(comparisons, best, test, need=need, margin=margin))
     gains = {f: mean_cells_gain(by_row) for f, by_row in curve.runs.items()}
     out.append("Fitted on " + ", ".join(f"{f:.0%}" for f in gains) + " of the training models, the true-pairs head "
                "gains " + ", ".join(f"{g['true_pairs']:+.3f}" for g in gains.values()) + " R@5 over whitening and the "
@@ -336,7 +342,127 @@ def findings(best: PairFit, test: dict[str, list[dict]], whitening: list[dict], 
     return out
 
 
+def _limit(comparisons: Sequence[Comparison], best: PairFit, test: dict[str, list[dict]], *, need: float | None,
+           margin: float) -> str:
+    """Which limit the verdicts point to. The value of right pairs is measured with the head and the pair count held
+    fixed (true pairs against the same pairs at precision 0); a missing win is never read as a proof of no effect."""
+    value = verdict_tally(comparisons, "true_pairs", "true_pairs_p0")
+    head = verdict_tally(comparisons, "true_pairs", "whiten_pd")
+    gap = verdict_tally(comparisons, best.name, "true_pairs")
+    right = mean_cells(test["true_pairs"][0]) - mean_cells(test["true_pairs_p0"][0]) if "true_pairs_p0" in test else None
+    said = "" if right is None else (f"Right pairs against as many wrong ones, same head: {right:+.3f} mean R@5 "
+                                     f"({_tally_text(value)}). ")
+    if value[">"] and gap["<"]:
+        return said + (f"The numbers point to the signal: right pairs help in {value['>']} cells, and the best "
+                       f"pseudo-pairs ({best.audit['precision']:.0%} right) fall below right ones in {gap['<']}.")
+    if head[">"] == 0 and value[">"] == 0:
+        size = ("" if right is None else f"; their mean difference, {right:+.3f}, is within δ = {margin:g}"
+                if abs(right) < margin else f"; their mean difference, {right:+.3f}, is larger than δ = {margin:g} but "
+                "not resolved cell by cell with this many models")
+        need_text = "" if need is None else (f". On the validation models even pairs {need:.0%} right score above "
+                                             "whitening, so the validation split cannot tell precision apart either")
+        return said + (f"At this scale the measurements cannot separate signal from head: with this head, right pairs "
+                       f"beat neither wrong pairs nor whitening in any cell after Holm{size}{need_text}.")
+    if head[">"] == 0:
+        return said + "The numbers point to the head: right pairs do not lift it above whitening in any cell."
+    return said + "Neither the precision of the pairs nor the head alone explains the gap at this scale."
+
+
+def _against_whitening(comparisons: Sequence[Comparison], name: str) -> dict[str, int]:
+    """The verdict tally of ``name`` against per-domain whitening (on the same seeds: ``whiten_pd`` or, for rows run
+    on fewer seeds, ``whiten_pd_ft``)."""
+    for baseline in ("whiten_pd", "whiten_pd_ft"):
+        tally = verdict_tally(comparisons, name, baseline)
+        if sum(tally.values()):
+            return tally
+    return tally
+
+
+def _kept(runs: list[dict]) -> str:
+    """What early stopping kept, in words: a run whose validation R@5 never rose kept its start."""
+    kept = [(r.get("stopping") or {}).get("best_step") for r in runs]
+    if all(k == 0 for k in kept):
+        return ("; its validation R@5 never rose above the start, so early stopping kept step 0 of every seed, the "
+                "per-domain whitening it starts from")
+    return "; steps kept per seed: " + ", ".join(str(k) for k in kept)
+
+
 def mean_cells_gain(by_row: dict[str, list[dict]]) -> dict[str, float]:
     """Mean over seeds of each row's mean R@5 minus per-domain whitening's."""
     white = np.mean([mean_cells(r) for r in by_row["whiten_pd"]])
     return {k: float(np.mean([mean_cells(r) for r in runs]) - white) for k, runs in by_row.items()}
+
+
+def with_positives(data: TrainData, pairs: np.ndarray) -> TrainData:
+    """``data`` with fixed positives from ``pairs`` ((P, 2) pool rows (real, synthetic), as ``TrainData.pairs``):
+    each synthetic image's real partner, and each paired real image's first synthetic partner (the NNCLR-style
+    positive of ``alignment="pairs"``)."""
+    pos = np.full(len(data.feats), -1, dtype=np.int64)
+    pos[pairs[:, 1]] = pairs[:, 0]
+    first = np.unique(pairs[:, 0], return_index=True)[1]
+    pos[pairs[first, 0]] = pairs[first, 1]
+    return dataclasses.replace(data, positives=pos)
+
+
+@dataclass
+class PairedPools:
+    """``pools(seed)`` (a seed's training pool, e.g. :class:`ada_utils.eval.ablation.SplitPools`) with the fixed
+    positives of ``pairs`` ((P, 2) pool rows (real, synthetic)); every seed's pool has the same rows, only its views
+    differ."""
+
+    pools: Callable[[int], TrainData]
+    pairs: np.ndarray
+
+    def __call__(self, seed: int) -> TrainData:
+        return with_positives(self.pools(seed), self.pairs)
+
+
+@dataclass
+class Activations:
+    """The cached inputs of the encoder's last ``k`` blocks: the training pool without the validation models
+    (``fit``), the validation benchmark (``validation``) and the test cells (``bench``), for the fine-tuned-block rows.
+    ``megabytes`` is what the cache holds (float32)."""
+
+    k: int
+    fit: TrainData
+    validation: BenchmarkFeatures
+    bench: BenchmarkFeatures
+    megabytes: float
+
+
+def cache_activations(encoder: torch.nn.Module, root: Path, *, k: int, n_views: int, augment: str, seed: int,
+                      pool: str, distractors: int | None = None) -> Activations:
+    """Embed (once; cached like features) the prefix activations of the pool, its views, and the test cells."""
+    from ada_utils.encoders import embed_benchmark
+    from ada_utils.encoders.split import PrefixEncoder
+    from ada_utils.train.data import prefix_training_data, validation_split
+
+    acts = prefix_training_data(encoder, root, k=k, n_views=n_views, augment=augment, seed=seed, pool=pool,
+                                progress=False)
+    validation, fit = validation_split(root, acts)
+    bench = embed_benchmark(PrefixEncoder(encoder, k), root, distractors=distractors, progress=False)
+    size = acts.feats.nbytes * (1 + (0 if acts.views is None else len(acts.views))) + bench.distractors.nbytes + sum(
+        c.exemplars.nbytes + sum(q.nbytes for q in c.queries.values()) for c in bench.cases.values())
+    return Activations(k, fit, validation, bench, size / 2**20)
+
+
+def finetune_run(cfg: TrainConfig, data: TrainData, acts: Activations, out_dir: Path, *,
+                 encoder: torch.nn.Module) -> dict:
+    """Fine-tune ``encoder``'s last ``acts.k`` blocks and the heads from the cached activations (early-stopped on the
+    validation images' activations; ``encoder`` is changed in place: pass a fresh one), then evaluate on the test
+    cells' activations. The result format of :func:`ada_utils.eval.ablation.run_variant`, with its cost."""
+    from ada_utils.encoders.split import PrefixEncoder, Tail
+    from ada_utils.eval.ablation import record_maps
+    from ada_utils.files import read_json
+    from ada_utils.heads import EncoderWithHeads
+    from ada_utils.train.loop import feature_maps, train
+
+    cfg = dataclasses.replace(cfg, finetune="last_k", finetune_from="activations", k_blocks=acts.k)
+    res = train(cfg, data, out_dir, encoder=encoder, validation=acts.validation, activations=acts.fit, overwrite=True,
+                progress=False)
+    header = read_json(out_dir / "config.json")
+    model = EncoderWithHeads(res.model, Tail(encoder, acts.k, PrefixEncoder(encoder, acts.k).shape)).eval()
+    cost = {"trainable_encoder_params": header.get("trainable_encoder_params"), "cache_megabytes": acts.megabytes}
+    out = record_maps(*feature_maps(model), acts.bench, out_dir, seconds=res.seconds, steps=res.steps,
+                      extra={"config": dataclasses.asdict(cfg), "stopping": header.get("stopping", {}), **cost})
+    return {**out, **cost}

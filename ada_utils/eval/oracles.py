@@ -98,17 +98,18 @@ def whitening_maps(cfg: TrainConfig, data: TrainData) -> tuple[FeatureMap, Featu
 
 
 def ada_on_pairs(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, pairs: np.ndarray, *,
-                 lams: Sequence[float], name: str) -> Oracle:
+                 lams: Sequence[float], name: str, whitening: tuple[FeatureMap, FeatureMap] | None = None) -> Oracle:
     """The closed-form ada head with the alignment scatter of ``pairs`` ((P, 2) pool rows (real, synthetic)), on
-    per-domain whitening of the pool; λ chosen on validation. With the true pairs it is a labelled ceiling; with
-    pseudo-pairs (:mod:`ada_utils.eval.mechanism`) an unsupervised head."""
-    from ada_utils.closed_form import ada_head, pair_scatter
+    per-domain whitening of the pool (``whitening``: :func:`whitening_maps` of ``cfg`` and ``data``, fitted here when
+    None); λ chosen on validation. With the true pairs it is a labelled ceiling; with pseudo-pairs
+    (:mod:`ada_utils.eval.mechanism`) an unsupervised head."""
+    from ada_utils.closed_form import head_from_spectrum, pair_scatter, scatter_spectrum
 
-    real_w, synth_w = whitening_maps(cfg, data)
-    scatter = pair_scatter(synth_w(data.feats[pairs[:, 1]]), real_w(data.feats[pairs[:, 0]]))
+    real_w, synth_w = whitening or whitening_maps(cfg, data)
+    spectrum = scatter_spectrum(pair_scatter(synth_w(data.feats[pairs[:, 1]]), real_w(data.feats[pairs[:, 0]])))
 
     def make(knob: dict) -> tuple[FeatureMap, FeatureMap]:
-        head = ada_head(scatter, knob["lam"])[0].astype(np.float32)
+        head = head_from_spectrum(*spectrum, knob["lam"])[0].astype(np.float32)
         return (lambda x: real_w(x) @ head.T), (lambda x: synth_w(x) @ head.T)
 
     return _pick(name, [{"lam": float(v)} for v in lams], make, val_bf)

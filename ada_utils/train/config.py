@@ -29,8 +29,8 @@ CHOICES = {
     "method": METHODS, "infomax": ("gaussian", "ica"), "cov_mode": ("pooled", "per_domain"),
     "cov_kind": ("cov", "corr"), "form": ("auto", "logdet", "coding_rate"), "head": HEAD_KINDS,
     "init": ("auto", "identity", "whiten"), "heads": ("shared", "per_domain"), "center": ("none", "pooled", "per_domain"),
-    "alignment": ("views", "xdomain_nn", "both"), "train_domains": ("both", "real", "synth"),
-    "optimizer": ("adamw", "sgd"), "schedule": ("two_stage", "joint"), "finetune": ("frozen", "last_k", "full"),
+    "alignment": ("views", "xdomain_nn", "both", "pairs"), "train_domains": ("both", "real", "synth"),
+    "optimizer": ("adamw", "sgd"), "schedule": ("two_stage", "joint"), "finetune": ("frozen", "last_k", "full"), "finetune_from": ("images", "activations"),
     "ica_nonlinearity": ("logistic", "tanh"), "augment": ("generic", "gap"), "solver": ("closed_form", "gradient"),
     "amp_dtype": ("bfloat16", "float16"),
 }
@@ -56,7 +56,7 @@ class TrainConfig:
     init: str = "auto"  # linear head init: identity | ZCA whitening of training features | auto (identity for supervised, as AbC; whiten otherwise)
     shrinkage: float = -1.0  # covariance shrinkage of closed-form whitening in [0, 1]; -1 = Ledoit–Wolf estimate
     center: str = "per_domain"  # fixed input centring from training means: none | pooled | per real/synth domain
-    alignment: str = "both"  # positive pairs: an image and its augmented views | cross-domain NN pairs | both
+    alignment: str = "both"  # positive pairs: an image and its augmented views | cross-domain NN pairs | both | pairs (fixed pseudo-pairs, TrainData.positives)
     nn_refresh: int = 10  # steps between recomputing the nearest-neighbour table
     nn_symmetric: bool = True  # also pair each real image with its nearest synthetic image
     train_domains: str = "both"  # which unlabelled training images the head sees
@@ -66,6 +66,7 @@ class TrainConfig:
     image_size: int = 128  # encoder input side in px
     finetune: str = "frozen"  # image path: frozen encoder | last k blocks | full
     k_blocks: int = 1  # blocks fine-tuned with finetune="last_k"
+    finetune_from: str = "images"  # last_k: every step from images | from cached activations of the frozen blocks (encoders.split)
     augment: str = "gap"  # view recipe: generic (SimCLR-style) | gap (a family unlike the generator's transforms)
     n_views: int = 1  # augmented views per image (cached path: views stored in TrainData)
     num_workers: int = 0  # DataLoader workers preparing image batches (image path)
@@ -118,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"backbone={self.backbone!r}: {err}") from None
         if not (self.shrinkage == -1 or 0 <= self.shrinkage <= 1):
             raise ValueError(f"shrinkage={self.shrinkage} must be in [0, 1] or -1 (Ledoit–Wolf)")
+        if self.finetune_from == "activations" and self.finetune != "last_k":
+            raise ValueError(f"finetune_from='activations' trains the last k blocks from cached activations of the "
+                             f"frozen ones: it needs finetune='last_k', got {self.finetune!r}")
         if not 0 <= self.stage1_frac < 1:
             raise ValueError(f"stage1_frac={self.stage1_frac} must be in [0, 1)")
 

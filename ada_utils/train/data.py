@@ -34,6 +34,8 @@ class TrainData:
         paths: N image files (image path, ``finetune != "frozen"``).
         source: where the pool's images come from (``train_json``, ``folders`` or ``transductive``;
             :mod:`ada_utils.data.pools`); recorded with every run trained on it.
+        positives: (N,) int64 fixed cross-domain positive of each row (-1: none), made without labels by a pseudo-pair
+            source (:mod:`ada_utils.pseudo_pairs`); read by ``alignment="pairs"``.
     """
 
     feats: np.ndarray
@@ -44,20 +46,25 @@ class TrainData:
     pair_model: np.ndarray | None = None
     paths: list[Path] | None = None
     source: str = "train_json"
+    positives: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.feats)
         if self.feats.ndim != 2 or self.domain.shape != (n,):
             raise ValueError(f"TrainData: feats must be (N, D) and domain (N,); got {self.feats.shape}, "
                              f"{self.domain.shape}")
+        if self.positives is not None and (self.positives.shape != (n,) or not (
+                (self.positives >= -1) & (self.positives < n)).all()):
+            raise ValueError(f"TrainData: positives must be (N,) = ({n},) row indices or -1, got shape "
+                             f"{self.positives.shape}")
         if self.views is not None and self.views.shape[1:] != self.feats.shape:
             raise ValueError(f"TrainData: views must be (V, N, D) = (V, {n}, {self.feats.shape[1]}), "
                              f"got {self.views.shape}")
 
     def fingerprint(self, *, with_pairs: bool) -> str:
-        """SHA-256 over features, domains, views, ids (and pairs for the supervised baseline)."""
+        """SHA-256 over features, domains, views, fixed positives, ids (and pairs for the supervised baseline)."""
         h = hashlib.sha256()
-        for arr in (self.feats, self.domain, self.views):
+        for arr in (self.feats, self.domain, self.views, self.positives):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr).tobytes())
         h.update(json.dumps(self.ids or []).encode())
@@ -113,6 +120,17 @@ def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str =
         pair_model = np.asarray([f[2] for f in found], dtype=np.int64)
     return TrainData(feats, pool.domain.astype(np.int64), np.stack(views) if views else None, list(pool.ids),
                      pairs, pair_model, list(pool.paths), pool.source)
+
+
+def prefix_training_data(encoder, root: str | Path, *, k: int, n_views: int = 1, augment: str = "gap", seed: int = 0,
+                         pool: str = "auto", progress: bool = True) -> TrainData:
+    """The pool of :func:`training_data` (same rows, same views) as the input of the encoder's ``blocks[-k]``:
+    flattened activations of the frozen layers (:class:`ada_utils.encoders.split.PrefixEncoder`), embedded once and
+    cached like features, for ``finetune_from="activations"``."""
+    from ada_utils.encoders.split import PrefixEncoder
+
+    return training_data(PrefixEncoder(encoder, k), root, n_views=n_views, augment=augment, seed=seed, pool=pool,
+                         with_pairs=False, progress=progress)
 
 
 def select_rows(cfg: TrainConfig, data: TrainData) -> np.ndarray:
@@ -175,7 +193,8 @@ def stopping_split(cfg: TrainConfig, root: str | Path, data: TrainData):
 
 
 def subset(data: TrainData, rows: np.ndarray) -> TrainData:
-    """``data`` restricted to ``rows`` (pool order kept); pairs with a dropped image are dropped."""
+    """``data`` restricted to ``rows`` (pool order kept); pairs, and fixed positives, with a dropped image are
+    dropped."""
     new = np.full(len(data.feats), -1, dtype=np.int64)
     new[rows] = np.arange(len(rows))
     pairs = pair_model = None
@@ -184,4 +203,6 @@ def subset(data: TrainData, rows: np.ndarray) -> TrainData:
         pairs, pair_model = new[data.pairs[keep]], data.pair_model[keep]
     return TrainData(data.feats[rows], data.domain[rows], None if data.views is None else data.views[:, rows],
                      None if data.ids is None else [data.ids[r] for r in rows], pairs, pair_model,
-                     None if data.paths is None else [data.paths[r] for r in rows], data.source)
+                     None if data.paths is None else [data.paths[r] for r in rows], data.source,
+                     None if data.positives is None else np.where(data.positives[rows] >= 0,
+                                                                  new[data.positives[rows]], -1))

@@ -44,6 +44,7 @@ from ada_utils.train.stopping import EarlyStopping
 
 if TYPE_CHECKING:
     from ada_utils.encoders.features import BenchmarkFeatures
+    from ada_utils.encoders.split import Tail
 
 
 class TrainingDivergedError(RuntimeError):
@@ -96,7 +97,8 @@ class TrainResult:
 
 def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: torch.nn.Module | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
-          stop_at: int | None = None, validation: BenchmarkFeatures | None = None) -> TrainResult | None:
+          stop_at: int | None = None, validation: BenchmarkFeatures | None = None,
+          activations: TrainData | None = None) -> TrainResult | None:
     """Fit the head(s) of ``cfg.method`` on training data and write the run folder.
 
     Args:
@@ -112,7 +114,11 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         stop_at: stop *before* this step without finishing (simulates a killed run; for tests).
         validation: the validation benchmark of the training models (:func:`ada_utils.train.data.validation_split`):
             a gradient run then stops early on it (:mod:`.stopping`, ``eval_every``/``patience``) and keeps its
-            best heads; None: the run takes its whole budget of ``epochs``, recorded as such.
+            best heads; None: the run takes its whole budget of ``epochs``, recorded as such. With ``activations``
+            it holds the validation images' prefix activations (``validation_split`` of the activation pool).
+        activations: ``finetune_from="activations"``: the prefix activations of ``data``'s rows and views
+            (:func:`ada_utils.train.data.prefix_training_data`); the run trains ``encoder``'s last ``k_blocks`` and
+            the heads from them (:class:`ada_utils.encoders.split.Tail`).
 
     Returns:
         ``TrainResult``, or None when stopped by ``stop_at``.
@@ -136,6 +142,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     t0 = time.perf_counter()  # seconds of a run = closed-form fits + training steps
     heads = build_model(cfg, data, rows)
     header = run_header(cfg, data, rows, heads)
+    if activations is not None:
+        header["activations_hash"] = activations.fingerprint(with_pairs=False)
 
     def prepare() -> bool:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +152,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
     if distributed.on_main(prepare):
         return TrainResult(out_dir, load_head(out_dir), read_log(out_dir), 0.0, 0)
-    source, encoder = _source(cfg, data, encoder, header, validation)
-    model = EncoderWithHeads(heads, encoder).to(ctx.device)
+    source, front = _source(cfg, data, encoder, header, validation, activations)
+    model = EncoderWithHeads(heads, front).to(ctx.device)
+    scored = model if activations is not None else heads  # what early stopping evaluates and keeps
     stepper = Step(cfg, data, rows, source, rank=ctx.rank, world=ctx.world)
     total = 0 if cfg.fitted_in_closed_form else cfg.epochs * stepper.steps_per_epoch
     header.update(steps=total, steps_per_epoch=stepper.steps_per_epoch, infomax_form=stepper.form,
@@ -158,7 +167,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
         stopper = EarlyStopping(validation, cfg.eval_every, cfg.patience, out_dir if ctx.rank == 0 else None,
                                 warmup=int(round(cfg.warmup_frac * total)))
         if start:
-            stopper.resume(start, heads)
+            stopper.resume(start, scored)
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
     run.open(ctx.rank, ctx.world, log)
     batches = StepBatches(stepper, range(start, total), run.weights)
@@ -172,25 +181,33 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             if stop_at is not None and step == stop_at:
                 return None
             if stopper is not None and stopper.due(step, total) and stopper.update(
-                    step, heads, log[-1]["loss"] if log else None):
+                    step, scored, log[-1]["loss"] if log else None):
                 stopped = step
                 break
             log.append(run.update(step, batch, log, step - start))
             bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
     finally:
         run.close()
-    header["stopping"] = _stopping(stopper, heads, log, stopped, total)
+    header["stopping"] = _stopping(stopper, scored, log, stopped, total)
     seconds = time.perf_counter() - t0
-    distributed.on_main(lambda: run.finish(heads, encoder, seconds, complete=stopped == total))
+    tuned = encoder if cfg.finetune != "frozen" else None
+    distributed.on_main(lambda: run.finish(heads, tuned, seconds, complete=stopped == total))
     return TrainResult(out_dir, heads.cpu().eval(), log, seconds, stopped)
 
 
 def _source(cfg: TrainConfig, data: TrainData, encoder: torch.nn.Module | None, header: dict,
-            validation: BenchmarkFeatures | None) -> tuple[FeatureSource | ImageSource, torch.nn.Module | None]:
-    """The inputs of the steps: cached features (frozen encoder, which is then dropped) or images (fine-tuning;
-    opens ``cfg.finetune``'s parameters of ``encoder`` and records how many in ``header``)."""
+            validation: BenchmarkFeatures | None, activations: TrainData | None
+            ) -> tuple[FeatureSource | ImageSource, torch.nn.Module | None]:
+    """The inputs of the steps and the module before the heads: cached features (frozen encoder, dropped), cached
+    prefix activations and the encoder's :class:`~ada_utils.encoders.split.Tail`, or images and the encoder
+    (fine-tuning opens ``cfg.finetune``'s parameters of ``encoder`` and records how many in ``header``)."""
+    if (activations is not None) != (cfg.finetune_from == "activations"):
+        raise ValueError("finetune_from='activations' and activations= go together: build them with "
+                         "ada_utils.train.data.prefix_training_data")
     if cfg.finetune == "frozen":
         return FeatureSource(data), None
+    if activations is not None:
+        return _activation_source(cfg, data, encoder, header, validation, activations)
     if encoder is None or data.paths is None:
         raise ValueError(f"finetune={cfg.finetune!r} trains on images: pass encoder= and TrainData.paths")
     if validation is not None:
@@ -201,9 +218,29 @@ def _source(cfg: TrainConfig, data: TrainData, encoder: torch.nn.Module | None, 
                        n_views=cfg.n_views, seed=cfg.seed), encoder
 
 
-def _stopping(stopper: EarlyStopping | None, heads: DomainHeads, log: list[dict], stopped: int, total: int) -> dict:
-    """The run's stopping record; an early-stopped run gets its best heads back (a run that took its whole budget
-    is evaluated once more at its end first)."""
+def _activation_source(cfg: TrainConfig, data: TrainData, encoder: torch.nn.Module | None, header: dict,
+                       validation: BenchmarkFeatures | None, activations: TrainData) -> tuple[FeatureSource, Tail]:
+    """Cached prefix activations of ``data``'s rows and views, and the encoder's trainable tail."""
+    from ada_utils.encoders.split import PrefixEncoder, Tail
+
+    if encoder is None:
+        raise ValueError("finetune_from='activations' trains the encoder's last blocks: pass encoder=")
+    shape = PrefixEncoder(encoder, cfg.k_blocks).shape
+    if activations.feats.shape != (len(data.feats), math.prod(shape)):
+        raise ValueError(f"activations {activations.feats.shape} are not the input of blocks[-{cfg.k_blocks}] "
+                         f"({math.prod(shape)} values) of the pool's {len(data.feats)} images: make them with "
+                         f"prefix_training_data(..., k={cfg.k_blocks}) on the same pool")
+    if validation is not None and validation.distractors.shape[1] != activations.feats.shape[1]:
+        raise ValueError("with activations=, early stopping reads the validation images' prefix activations: pass "
+                         "validation_split(root, activations)[0]")
+    header["trainable_encoder_params"] = len(set_trainable(encoder, "last_k", cfg.k_blocks))
+    return FeatureSource(activations), Tail(encoder, cfg.k_blocks, shape)
+
+
+def _stopping(stopper: EarlyStopping | None, heads: torch.nn.Module, log: list[dict], stopped: int, total: int
+              ) -> dict:
+    """The run's stopping record; an early-stopped run gets its best heads (and tail) back (a run that took its
+    whole budget is evaluated once more at its end first)."""
     if stopper is None:
         return {"rule": "none: the whole budget" if total else "closed form: no steps", "stopped_at": total,
                 "budget_steps": total, "early": False}
@@ -357,7 +394,7 @@ def _stuck(log: list[dict], value: float, done: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- using a trained head
-def feature_maps(run: str | Path | DomainHeads, *, chunk: int = 8192
+def feature_maps(run: str | Path | torch.nn.Module, *, chunk: int = 8192
                  ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
     """``(real_map, synth_map)``: numpy callables (N, D) float32 -> (N, D') for ``evaluate(bf, real_map=...)``.
 
@@ -365,10 +402,11 @@ def feature_maps(run: str | Path | DomainHeads, *, chunk: int = 8192
     outputs come back to the CPU, so a run in progress can be evaluated (early stopping) without moving its heads.
 
     Args:
-        run: a run folder or a ``DomainHeads`` already loaded.
+        run: a run folder, a ``DomainHeads`` already loaded, or an ``EncoderWithHeads`` (inputs go through its
+            encoder first: the cached last-block path maps prefix activations).
         chunk: rows per forward pass.
     """
-    model = run if isinstance(run, DomainHeads) else load_head(run).eval()
+    model = run if isinstance(run, torch.nn.Module) else load_head(run).eval()
     device = model.center.device
 
     def make(domain: int) -> Callable[[np.ndarray], np.ndarray]:

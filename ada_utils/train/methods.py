@@ -174,7 +174,7 @@ class Ada(Method):
     def fit(self, cfg: TrainConfig, data: TrainData, rows: np.ndarray, fit: WhiteFit) -> Maps:
         """``ada_head`` on top of the whitened start, fitted on the training rows' unlabelled positive pairs
         (``cfg.alignment``): each row with its cached augmented views, and/or mutual nearest real/synthetic
-        neighbours in the whitened space. Keeps ``ada_head``'s info in ``fit.info``."""
+        neighbours in the whitened space, or the pool's fixed pseudo-pairs (``"pairs"``). Keeps ``ada_head``'s info in ``fit.info``."""
         from ada_utils.closed_form import ada_head, pair_scatter
         from ada_utils.pseudo_pairs import mutual_nn
 
@@ -186,6 +186,9 @@ class Ada(Method):
                 raise ValueError(f"alignment={cfg.alignment!r} pairs each image with its augmented views: build "
                                  "TrainData with n_views >= 1")
             scatters.append(np.mean([pair_scatter(u, fit.whiten(v[rows])) for v in data.views], axis=0))
+        if cfg.alignment == "pairs":  # fixed pseudo-pairs of the pool: (synthetic, real) rows of the fit
+            pairs = _fixed_pairs(data, rows)
+            scatters.append(pair_scatter(u[pairs[:, 0]], u[pairs[:, 1]]))
         if cfg.alignment in ("xdomain_nn", "both"):
             synth, real = np.flatnonzero(dom == 1), np.flatnonzero(dom == 0)
             pairs = mutual_nn(u[synth], u[real])
@@ -195,6 +198,21 @@ class Ada(Method):
             scatters.append(pair_scatter(u[synth[pairs[:, 0]]], u[real[pairs[:, 1]]]))
         head, fit.info = ada_head(np.mean(scatters, axis=0), cfg.lam)
         return [(head @ w, head @ b) for w, b in fit.maps]
+
+
+def _fixed_pairs(data: TrainData, rows: np.ndarray) -> np.ndarray:
+    """(P, 2) positions in ``rows`` of (synthetic, real) fixed positives (``TrainData.positives``) inside ``rows``."""
+    if data.positives is None:
+        raise ValueError("alignment='pairs' fits on fixed pseudo-pairs: build TrainData with positives "
+                         "(ada_utils.eval.mechanism.with_positives)")
+    where = np.full(len(data.feats), -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    synth = rows[data.domain[rows] == 1]
+    partner = data.positives[synth]
+    ok = (partner >= 0) & (where[np.clip(partner, 0, None)] >= 0)
+    if not ok.any():
+        raise ValueError("alignment='pairs': no fixed pseudo-pair joins two training rows")
+    return np.stack([where[synth[ok]], where[partner[ok]]], axis=1)
 
 
 class Supervised(Method):

@@ -109,7 +109,17 @@ class Step:
             self.pairs = torch.from_numpy(data.pairs.astype(np.int64))
             self.pair_model = torch.from_numpy(data.pair_model.astype(np.int64))
         self.uses_nn = cfg.uses_alignment and cfg.alignment != "views"
+        self.fixed = cfg.uses_alignment and cfg.alignment == "pairs"  # positives given, never searched
+        if self.fixed and data.positives is None:
+            raise ValueError("alignment='pairs' trains on fixed pseudo-pairs: build TrainData with positives "
+                             "(ada_utils.eval.mechanism.with_positives)")
         self.nn_table = torch.full((len(data.domain),), -1, dtype=torch.int64)
+        if self.fixed:  # a positive outside the training rows has no embedding in the bank
+            pos = torch.from_numpy(data.positives.astype(np.int64))
+            inside = torch.zeros(len(data.domain), dtype=torch.bool)
+            inside[self.rows] = True
+            self.nn_table[self.rows] = torch.where(inside[pos[self.rows].clamp(min=0)] & (pos[self.rows] >= 0),
+                                                   pos[self.rows], -1)
         self.bank = torch.zeros(len(data.domain), data.feats.shape[1])
         d = data.feats.shape[1]
         smallest = min(cfg.batch_size, len(rows)) * (min((data.domain[rows] == g).mean() for g in (0, 1))
@@ -134,7 +144,7 @@ class Step:
         pick_a, pick_b = self._picks(len(items), _generator(self.cfg.seed, "views", step))
         shard = slice(self.rank, None, self.world)
         items, pick_a, pick_b = items[shard], pick_a[shard], pick_b[shard]
-        if not self.supervised and self.cfg.alignment == "xdomain_nn":
+        if not self.supervised and self.cfg.alignment in ("xdomain_nn", "pairs"):
             pick_a = torch.full_like(pick_a, self.source.n_views)  # NN pairs are made between plain images
         if self.supervised:
             groups = [(self.pairs[items, 0], pick_a), (self.pairs[items, 1], pick_b)]
@@ -151,6 +161,7 @@ class Step:
     def refresh_nn(self, model: torch.nn.Module, device: torch.device, step: int, *, chunk: int = 1024) -> None:
         """Embed every training row (plain image), then pair each synthetic row with its nearest real row
         (cosine, in the current head space) and, with ``nn_symmetric``, each real row with its nearest synthetic.
+        With ``alignment="pairs"`` the positives are fixed (``TrainData.positives``): only the bank is refreshed.
 
         Each process embeds every ``world``-th row (under autocast on CUDA) and the shares are all-gathered,
         so every process ends with the same bank and table.
@@ -168,6 +179,8 @@ class Step:
             z = all_gather(z)
             mine = torch.cat([self.rows[r::self.world] for r in range(self.world)])
         self.bank[mine] = z.cpu()
+        if self.fixed:  # the bank follows the head; the pairs stay
+            return
         real, synth = self.rows[self.domain[self.rows] == 0], self.rows[self.domain[self.rows] == 1]
         self.nn_table[synth] = real[cross_domain_nn_positives(self.bank[synth], self.bank[real])]
         if self.cfg.nn_symmetric:
@@ -197,7 +210,7 @@ class Step:
             terms = []
             if cfg.alignment in ("views", "both"):
                 terms.append(self._info_nce(za, zs[1]))
-            if cfg.alignment in ("xdomain_nn", "both"):  # NNCLR-style: the positive comes from the bank (no grad)
+            if cfg.alignment in ("xdomain_nn", "both", "pairs"):  # NNCLR-style: the positive from the bank (no grad)
                 partner = self.nn_table[batch["rows"]]
                 keep = (partner >= 0).to(device)
                 terms.append(self._info_nce(za[keep], self.bank[partner[partner >= 0]].to(device)))
