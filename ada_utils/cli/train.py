@@ -65,7 +65,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ada_utils.files import write_json
     from ada_utils.project import runs_dir
     from ada_utils import distributed
-    from ada_utils.train import TrainConfig, feature_maps, train, training_data
+    from ada_utils.train import TrainConfig, feature_maps, prefix_training_data, train, training_data
     from ada_utils.train.data import stopping_split
 
     cfg = TrainConfig.from_dict(vars(args))
@@ -89,8 +89,11 @@ def train_command(args: argparse.Namespace) -> int:
                          with_pairs=cfg.unit.reads_pairs, pool=args.train_pool, real_dirs=args.train_real_dirs,
                          synth_dirs=args.train_synth_dirs, progress=ctx.is_main)
     validation, data = stopping_split(cfg, root, data)  # gradient runs stop early on the validation models
+    acts = None if cfg.finetune_from == "images" else prefix_training_data(  # the frozen blocks' output, cached
+        encoder, root, k=cfg.k_blocks, n_views=cfg.n_views, augment=cfg.augment, pool=args.train_pool,
+        real_dirs=args.train_real_dirs, synth_dirs=args.train_synth_dirs, progress=ctx.is_main)
     result = train(cfg, data, out, encoder=None if cfg.finetune == "frozen" else encoder, resume=args.resume,
-                   overwrite=args.overwrite, progress=ctx.is_main, validation=validation)
+                   overwrite=args.overwrite, progress=ctx.is_main, validation=validation, activations=acts)
     if ctx.is_main:
         from ada_utils.files import read_json
 

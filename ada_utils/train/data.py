@@ -123,14 +123,15 @@ def training_data(encoder, root: str | Path, *, n_views: int = 1, augment: str =
 
 
 def prefix_training_data(encoder, root: str | Path, *, k: int, n_views: int = 1, augment: str = "gap", seed: int = 0,
-                         pool: str = "auto", progress: bool = True) -> TrainData:
+                         pool: str = "auto", real_dirs: Sequence[str | Path] = (),
+                         synth_dirs: Sequence[str | Path] = (), progress: bool = True) -> TrainData:
     """The pool of :func:`training_data` (same rows, same views) as the input of the encoder's ``blocks[-k]``:
     flattened activations of the frozen layers (:class:`ada_utils.encoders.split.PrefixEncoder`), embedded once and
     cached like features, for ``finetune_from="activations"``."""
     from ada_utils.encoders.split import PrefixEncoder
 
     return training_data(PrefixEncoder(encoder, k), root, n_views=n_views, augment=augment, seed=seed, pool=pool,
-                         with_pairs=False, progress=progress)
+                         real_dirs=real_dirs, synth_dirs=synth_dirs, with_pairs=False, progress=progress)
 
 
 def select_rows(cfg: TrainConfig, data: TrainData) -> np.ndarray:
