@@ -78,10 +78,15 @@ class PairFit:
     head: Oracle
     pool_rows: np.ndarray  # (P, 2) pool rows (real, synthetic) of the pairs, the order of TrainData.pairs
 
+    @property
+    def val_r5(self) -> float:
+        """Validation R@5 of the head at the λ it chose."""
+        return max(r["val_R@5"] for r in self.head.curve)
+
     def record(self) -> dict:
         """One row of the audit table (validation R@5 of the chosen λ; no test cell)."""
         return {"source": self.label, **self.audit, "λ chosen": self.head.choice["lam"],
-                "validation R@5": max(r["val_R@5"] for r in self.head.curve),
+                "validation R@5": self.val_r5,
                 "precision by round": [round(r["precision"], 3) for r in self.rounds]}
 
 
@@ -146,7 +151,7 @@ def true_pair_fit(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, 
     """The same head on the true training pairs: the ceiling of this head family. With ``precision < 1`` a share
     ``1 − precision`` of them, drawn with ``seed``, get the exemplar of another model instead: pairs of a known
     precision, for the precision sweep (is the head limited by the pairs' precision, or by itself?)."""
-    synth, _, _, _ = pool_models(data)
+    synth, real, synth_model, real_model = pool_models(data)
     pairs = data.pairs.copy()
     if precision < 1:
         rng = np.random.default_rng([seed, int(round(precision * 1000))])
@@ -158,10 +163,9 @@ def true_pair_fit(cfg: TrainConfig, data: TrainData, val_bf: BenchmarkFeatures, 
             pairs[i, 0] = others[rng.integers(len(others))]
     name = "true_pairs" if precision == 1 else f"true_pairs_p{precision:g}"
     label = "true pairs" if precision == 1 else f"true pairs at precision {precision:g}"
-    hit = data.pair_model == row_models(data)[pairs[:, 0]]
-    audit = {"pairs": int(len(pairs)), "precision": float(hit.mean()),
-             "coverage": float(np.isin(synth, pairs[:, 1]).mean()), "real_used": float(np.isin(
-                 np.flatnonzero(data.domain == 0), pairs[:, 0]).mean())}
+    # pool rows (real, synthetic) -> positions (synthetic, real) among the pool's synthetic and real rows
+    positions = np.stack([np.searchsorted(synth, pairs[:, 1]), np.searchsorted(real, pairs[:, 0])], axis=1)
+    audit = pp.audit(positions, synth_model, real_model)
     head = ada_on_pairs(cfg, data, val_bf, pairs, lams=lams, name=name, whitening=whitening)
     return PairFit(name, label, audit, [audit], head, pairs)
 
@@ -303,7 +307,7 @@ def needed_precision(sweep: Sequence[PairFit], whitening_val: float, *, margin: 
     """The lowest swept precision whose head beats per-domain whitening on the *validation* models by ``margin``
     (None when none does): how right the pairs must be for this head to help."""
     for f in sorted(sweep, key=lambda f: f.audit["precision"]):
-        if max(r["val_R@5"] for r in f.head.curve) > whitening_val + margin:
+        if f.val_r5 > whitening_val + margin:
             return float(f.audit["precision"])
     return None
 
