@@ -1,11 +1,16 @@
-"""Small, safe file I/O: JSON written atomically, file hashes, and the run folders notebooks hand off through."""
+"""Small, safe file I/O: files written atomically (a full disk named, never half a file), records of what was
+written (size and SHA-256) checked before a file is trusted again, and the run folders notebooks hand off through."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +30,94 @@ def _to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+class NoSpaceError(OSError):
+    """A write that the file system refused for lack of space (or a file-size limit); the message names the folder,
+    the bytes needed where known, and the bytes free."""
+
+
+# Errors of a write that more space would cure: no space, a quota, a file-size limit (``ulimit -f``).
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _umask() -> int:
+    """The process's umask (read once: setting it is the only way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Files the tool writes get the permissions of any file the user creates (0644 under the usual umask), not
+# mkstemp's private 0600: a cache shared through ADA_CACHE must be readable by a colleague in full.
+FILE_MODE = 0o666 & ~_umask()
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Bytes free to this user on the file system of ``folder`` (its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+# Room kept free beyond what a write needs (metadata, the JSON files written after it).
+SPACE_MARGIN = 16 << 20
+
+
+def ensure_space(folder: str | Path, nbytes: int, what: str) -> None:
+    """Raise :class:`NoSpaceError` before a large write (``nbytes``) that the file system of ``folder`` cannot hold."""
+    free = free_bytes(folder)
+    if free < nbytes + SPACE_MARGIN:
+        raise NoSpaceError(errno.ENOSPC, f"{folder}: {what} needs {human_bytes(nbytes)} but only "
+                           f"{human_bytes(free)} are free there: free some space, or write elsewhere (ADA_CACHE for "
+                           "caches, --out for runs)")
+
+
+def _space_error(path: Path, err: OSError) -> NoSpaceError:
+    return NoSpaceError(err.errno, f"{path.parent}: cannot write {path.name}: {os.strerror(err.errno)} "
+                        f"({human_bytes(free_bytes(path.parent))} free): free some space or raise the limit, or "
+                        "write elsewhere (ADA_CACHE for caches, --out for runs); nothing finished was lost")
+
+
 def write_atomic(path: str | Path, write: Any, *, mode: str = "wb") -> Path:
     """Write ``path`` atomically: ``write(file)`` fills a private temporary file beside it, which then replaces
-    ``path`` in one rename (a crash never leaves half a file; two writers never share a temporary name)."""
+    ``path`` in one rename (a crash never leaves half a file; two writers never share a temporary name).
+
+    Raises:
+        NoSpaceError: the disk is full or a size limit was hit (the temporary file is removed, ``path`` untouched).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             write(fh)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in _SPACE_ERRNOS and not isinstance(err, NoSpaceError):
+            raise _space_error(path, err) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file`` atomically (:func:`write_atomic`): a full disk names the file."""
+    from safetensors.torch import save
+
+    return write_atomic(path, lambda fh: fh.write(save(tensors, metadata=metadata)))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -73,6 +152,109 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class DamagedFileError(ValueError):
+    """A file the tool wrote no longer matches the record (size, SHA-256) taken when it was written."""
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """What :func:`check_record` compares later: the file's size, SHA-256 and modification time."""
+    st = os.stat(path)
+    return {"bytes": st.st_size, "sha256": sha256_file(path), "mtime_ns": st.st_mtime_ns}
+
+
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256, this process
+
+
+def check_record(path: str | Path, record: dict[str, Any] | None) -> str | None:
+    """Why ``path`` no longer matches ``record`` (:func:`file_record`), or None when it does (or has no record).
+
+    The size is compared first (a truncated file costs nothing to detect); then the SHA-256, once per process for
+    each state of the file, so that a damaged file of the right size is caught too.
+    """
+    if not record:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: missing"
+    st = path.stat()
+    if st.st_size != record["bytes"]:
+        return f"{path}: {st.st_size} bytes, but {record['bytes']} were written (truncated or replaced)"
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if _VERIFIED.get(key) != record["sha256"]:
+        if sha256_file(path) != record["sha256"]:
+            return f"{path}: its content differs from what was written (SHA-256 mismatch: damaged on disk)"
+        _VERIFIED[key] = record["sha256"]
+    return None
+
+
+CHECKSUMS = "checksums.json"  # a run folder's records of the files it trusts later: {name: file_record}
+
+
+def record_file(path: str | Path) -> None:
+    """Add ``path``'s :func:`file_record` to ``checksums.json`` in its folder (one writer per folder: rank 0)."""
+    path = Path(path)
+    index = path.parent / CHECKSUMS
+    records = read_json(index) if index.is_file() else {}
+    records[path.name] = file_record(path)
+    write_json(index, records)
+
+
+def recorded_damage(path: str | Path) -> str | None:
+    """Why ``path`` no longer matches its record in ``checksums.json`` beside it (None: intact, or no record)."""
+    path = Path(path)
+    index = path.parent / CHECKSUMS
+    return check_record(path, read_json(index).get(path.name)) if index.is_file() else None
+
+
+@contextmanager
+def locked(target: str | Path, *, shared: bool = False, waiting: str = "") -> Iterator[bool]:
+    """Hold an advisory lock on ``target`` (a folder or file; the lock is ``.<name>.lock`` beside it) while the
+    block runs; yields whether another process held it first (this one waited for it).
+
+    ``shared``: several holders at once (ranks of one torchrun job writing their own chunks); exclusive excludes
+    every other holder. ``waiting`` is printed (one line, stderr) when the lock is busy, before waiting for it.
+    The lock is ``flock``'s: released by the kernel when its process dies, so a killed run never leaves it held.
+    Lock files stay (deleting one while another process opens it would split the lock in two).
+    """
+    import fcntl
+    import sys
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, mode)
+            waited = True
+        yield waited
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def is_locked(target: str | Path) -> bool:
+    """Whether a live process holds :func:`locked` on ``target`` now."""
+    import fcntl
+
+    target = Path(target)
+    lock = target.parent / f".{target.name}.lock"
+    if not lock.is_file():
+        return False
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def run_dir(notebook: str, variant: str, seed: int) -> Path:

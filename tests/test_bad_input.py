@@ -163,7 +163,7 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
 
     monkeypatch.setattr(cli_data, "_fetch", interrupted)
     code, err = _ada(capsys, "data", "fetch-photos")
-    assert code == 130 and "interrupted; re-run the same command to resume" in err and "Traceback" not in err
+    assert code == 130 and "stopped by SIGINT" in err and "re-run the same command to resume" in err and "Traceback" not in err
 
 
 def test_bad_image_and_zero_distractors_in_eval(tiny_root, tmp_path, capsys):

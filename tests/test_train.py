@@ -127,7 +127,7 @@ def test_resume_with_other_parameters_names_them(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"lam: checkpoint 1.0 vs now 2.0.*tau: checkpoint 0.1 vs now 0.2"):
         train(_cfg(method="ada", lam=2.0, tau=0.2), data, tmp_path / "r", resume=True, progress=False)
     other = dataclasses.replace(data, feats=data.feats + 1)
-    with pytest.raises(ValueError, match="training data differ"):
+    with pytest.raises(ValueError, match="training features differ"):
         train(_cfg(method="ada"), other, tmp_path / "r", resume=True, progress=False)
 
 

@@ -5,9 +5,11 @@ subcommand sets ``func(args) -> int``. Heavy imports (torch, timm) happen inside
 ``ada --help`` stays fast.
 
 Errors: a user error (a missing file, a bad parameter, a refused run folder, a diverged run, an image that does
-not decode, absent photo sources) prints one line and exits with 2; Ctrl-C prints "interrupted; re-run the same
-command to resume" (``ada train``: with ``--resume``) and exits with 130 (what was computed stays: caches and
-checkpoints are written atomically); anything else, CUDA and NCCL failures included, keeps its traceback, because
+not decode, absent photo sources, a full disk, a damaged file) prints one line and exits with 2; Ctrl-C, SIGTERM
+(what SLURM, Kubernetes and most schedulers send before killing a job) and SIGHUP print "stopped by SIGNAL; re-run
+the same command to resume" (``ada train``: with ``--resume``, after saving a checkpoint of the last step) and exit
+with 128 + the signal's number (130, 143, 129); what was computed stays (caches and checkpoints are written
+atomically); anything else, CUDA and NCCL failures included, keeps its traceback, because
 its message alone rarely says where it came from.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 # Modules that add subcommands, in the order ``ada --help`` lists them.
@@ -36,7 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
 # failures are RuntimeErrors), except the project's subclasses named in ``_user_errors``.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError)
 USER_RUNTIME_ERRORS = (("ada_utils.train.loop", "TrainingDivergedError"), ("ada_utils.data.photos", "PhotoSourceError"),
-                       ("ada_utils.data.images", "ImageDecodeError"))
+                       ("ada_utils.data.images", "ImageDecodeError"), ("ada_utils.files", "NoSpaceError"))
+
+
+def _stop_on(signum: int, frame: object) -> None:
+    """SIGTERM / SIGHUP end a command as Ctrl-C does (its ``KeyboardInterrupt`` names the signal)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interrupted(command: str, err: KeyboardInterrupt) -> int:
+    """The resume line of a stopped command; the exit code 128 + the signal's number, as the shell reports it."""
+    name = err.args[0] if err.args and str(err.args[0]).startswith("SIG") else "SIGINT"
+    hint = "a checkpoint of the last step is saved: re-run it with --resume to continue" if command == "train" \
+        else "what was finished is kept: re-run the same command to resume"
+    print(f"\nada {command}: stopped by {name}; {hint}", file=sys.stderr)
+    return 128 + int(signal.Signals[name])
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -66,16 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on)
     try:
         if getattr(args, "params_file", None):  # ada train -f FILE.yaml: the file's values become the defaults
             args.apply_params_file(args.params_file)
             args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        hint = "re-run it with --resume to continue from the last checkpoint" if args.command == "train" else \
-            "re-run the same command to resume"
-        print(f"\nada {args.command}: interrupted; {hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(args.command, err)
     except Exception as err:
         if not isinstance(err, _user_errors()):
             raise  # a bug or a CUDA / NCCL failure: keep the traceback

@@ -220,6 +220,17 @@ def _read_weights(name: str, recipe: Recipe, path: Path, *, trust_pickle: bool,
     return sd, fmt
 
 
+def _check_finite_weights(backbone: nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN/Inf (a diverged run's or a damaged file): they would give NaN features for every
+    image, which must not pass for images that did not decode."""
+    bad = [k for k, v in backbone.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        from ada_utils.data.abc import listed
+
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN/Inf ({listed(bad, most=3, sep=', ')}): the file "
+                              "comes from a diverged run or is damaged; use another weights file")
+
+
 def load_encoder(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *,
                  image_size: int | None = None, pretrained: bool = True, trust_pickle: bool = False,
                  checkpoint_key: str | None = None) -> Encoder:
@@ -274,6 +285,7 @@ def load_encoder(name: str, weights: str | Path | None = None, device: str | tor
     if path is not None:
         hint = f"{name!r} expects {recipe.official_file or 'a ' + recipe.timm_name + ' state dict'}: right file?"
         load_exact(backbone, sd, path=path, hint=hint)
+        _check_finite_weights(backbone, path)
     if not pretrained:
         weights_id = "random"
     elif weights is None and recipe.family == "packaged":

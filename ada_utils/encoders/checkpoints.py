@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 OUR_FORMAT = "ada-encoder"
@@ -70,6 +70,11 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from ada_utils.files import recorded_damage
+
+        damage = recorded_damage(path)  # our own checkpoints carry a record of what was written
+        if damage:
+            raise CheckpointError(f"{damage}: train the run again (--overwrite) or use another weights file")
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
@@ -253,8 +258,10 @@ def save_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         raise ValueError(f"our checkpoints end in .safetensors, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from ada_utils.files import record_file, save_safetensors, write_atomic
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": OUR_FORMAT})
+    record_file(save_safetensors(path, tensors, {"format": OUR_FORMAT}))
     config = {"format": OUR_FORMAT, "version": OUR_VERSION, "spec": dict(encoder.spec)}
-    sidecar_json(path).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    write_atomic(sidecar_json(path), lambda fh: fh.write(json.dumps(config, indent=1, sort_keys=True) + "\n"), mode="w")
     return path

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 from ada_utils.data import ImageDecodeError, ImageListDataset
 from ada_utils.data.abc import listed
 from ada_utils.data.images import OnError
-from ada_utils.files import read_json, save_npy, write_json
+from ada_utils.files import (DamagedFileError, check_record, ensure_space, file_record, is_locked, locked, read_json,
+                             save_npy, write_atomic, write_json)
 
 FORMAT = 1  # manifest format version
 
@@ -167,51 +169,131 @@ def embed_images(encoder: nn.Module, paths: Sequence[str | Path], *, cache: str 
 
         cache = cache_dir() / "features" / _short_hash(key) / plan["list_sha256"][:16]
     folder = Path(cache)
-    manifest_path = folder / "manifest.json"
-    if manifest_path.is_file():
-        return _checked_skips(_load(folder, plan), on_error)
-    folder.mkdir(parents=True, exist_ok=True)
-    progress_path = folder / "progress.json"
-    if progress_path.is_file():
-        _check(progress_path, read_json(progress_path), plan)
-    else:
-        write_json(progress_path, plan)
-    n_chunks = -(-len(paths) // chunk_size)
-    chunk_dir = folder / "chunks"
-    chunk_dir.mkdir(exist_ok=True)
-    mine = [c for c in range(rank, n_chunks, world_size) if not (chunk_dir / f"{c:06d}.npy").is_file()]
-    dataset = _SeededDataset(ImageListDataset(paths, transform or encoder.preprocess, on_error=on_error),
-                             seed if transform else None)
-    sources = _sources(paths) if default_cache and transform is None else None
-    done = _embedded_elsewhere(folder, sources) if sources else {}
-    chunks = {c: range(c * chunk_size, min((c + 1) * chunk_size, len(paths))) for c in mine}
-    batch_size = batch_size or auto_batch_size(encoder)
-    layout = torch.channels_last if key["layout"] == "channels_last" else torch.contiguous_format
-    encoder.to(memory_format=layout)  # once, before any stream runs
-
-    def embed_chunk(c: int, bar: tqdm) -> None:
-        new = [r for r in chunks[c] if r not in done]
-        fresh = _embed_rows(encoder, dataset, new, batch_size=batch_size, num_workers=num_workers, bar=bar,
-                            layout=layout)
-        save_npy(chunk_dir / f"{c:06d}.npy", _fill(chunks[c], new, fresh, done))
-
-    with tqdm(total=sum(r not in done for rows in chunks.values() for r in rows), desc="embedding", unit="img",
-              disable=not progress) as bar, _eval_mode(encoder):
-        n_streams = _stream_count(streams, encoder, len(chunks), num_workers)
-        _in_streams(list(chunks), lambda c: embed_chunk(c, bar), n_streams)
-    if rank == 0:
-        chunk_files = [chunk_dir / f"{c:06d}.npy" for c in range(n_chunks)]
-        _wait(lambda: all(f.is_file() for f in chunk_files), timeout, f"the chunks of the other ranks in {chunk_dir}")
-        _merge(folder, chunk_files, ids, {**plan, "rows_from_other_lists": len(done)}, sources)
-        if default_cache:  # the project's cache tree: clear what failed runs left beside this one
-            remove_abandoned(folder.parent, keep=folder)
-    else:
-        _wait(manifest_path.is_file, timeout, f"rank 0 to write {manifest_path}")
+    if (folder / "manifest.json").is_file():  # a finished cache: no lock needed to read it
+        found = _verified(folder, plan, on_error, on_damage="defer")
+        if found is not None:
+            return found
+    run = _Embedding(encoder, paths, ids, folder, plan, chunk_size, rank, world_size, transform, seed, on_error,
+                     sources=_sources(paths) if default_cache and transform is None else None)
+    waiting = (f"[embed] another process is embedding into {folder}: waiting for it, then reusing its features "
+               "(or resuming its chunks if it stopped)")
+    with locked(folder, shared=world_size > 1, waiting=waiting) as waited:
+        if (folder / "manifest.json").is_file():
+            found = _verified(folder, plan, on_error, on_damage="repair" if world_size == 1 else "raise")
+            if found is not None:
+                if waited:
+                    print(f"[embed] reusing the features the other process finished in {folder}", file=sys.stderr)
+                return found
+        run.embed_mine(batch_size=batch_size, num_workers=num_workers, progress=progress, streams=streams)
+        if world_size == 1:
+            run.merge()
+    if world_size > 1:
+        run.meet(timeout)
+    if default_cache and rank == 0:  # the project's cache tree: clear what failed runs left beside this one
+        remove_abandoned(folder.parent, keep=folder)
     return _checked_skips(_load(folder, plan), on_error)
 
 
+class _Embedding:
+    """One process's part of filling a cache folder: its chunks, then (rank 0) the merge."""
+
+    def __init__(self, encoder: nn.Module, paths: Sequence[str | Path], ids: list[str], folder: Path, plan: dict,
+                 chunk_size: int, rank: int, world_size: int, transform: Callable | None, seed: int,
+                 on_error: OnError, *, sources: list[str] | None) -> None:
+        self.encoder, self.paths, self.ids, self.folder, self.plan = encoder, paths, ids, folder, plan
+        self.rank, self.world, self.sources = rank, world_size, sources
+        self.chunk_dir = folder / "chunks"
+        self.n_chunks = -(-len(paths) // chunk_size)
+        self.rows = {c: range(c * chunk_size, min((c + 1) * chunk_size, len(paths))) for c in range(self.n_chunks)}
+        self.dataset = _SeededDataset(ImageListDataset(paths, transform or encoder.preprocess, on_error=on_error),
+                                      seed if transform else None)
+
+    def chunk_file(self, c: int) -> Path:
+        return self.chunk_dir / f"{c:06d}.npy"
+
+    def embed_mine(self, *, batch_size: int | None, num_workers: int, progress: bool, streams: int | None) -> None:
+        """Embed this rank's missing chunks (``rank, rank + world_size, ...``), each saved atomically."""
+        folder, plan, encoder = self.folder, self.plan, self.encoder
+        folder.mkdir(parents=True, exist_ok=True)
+        progress_path = folder / "progress.json"
+        if progress_path.is_file():
+            _check(progress_path, read_json(progress_path), plan)
+        else:
+            write_json(progress_path, plan)
+        self.chunk_dir.mkdir(exist_ok=True)
+        mine = [c for c in range(self.rank, self.n_chunks, self.world) if not self.chunk_file(c).is_file()]
+        done = _embedded_elsewhere(folder, self.sources) if self.sources and mine else {}
+        self.copied = len(done)
+        batch_size = batch_size or auto_batch_size(encoder)
+        layout = torch.channels_last if plan["layout"] == "channels_last" else torch.contiguous_format
+        encoder.to(memory_format=layout)  # once, before any stream runs
+
+        def embed_chunk(c: int, bar: tqdm) -> None:
+            new = [r for r in self.rows[c] if r not in done]
+            fresh = _embed_rows(encoder, self.dataset, new, batch_size=batch_size, num_workers=num_workers, bar=bar,
+                                layout=layout)
+            save_npy(self.chunk_file(c), _fill(self.rows[c], new, fresh, done))
+
+        with tqdm(total=sum(r not in done for c in mine for r in self.rows[c]), desc="embedding", unit="img",
+                  disable=not progress) as bar, _eval_mode(encoder):
+            n_streams = _stream_count(streams, encoder, len(mine), num_workers)
+            _in_streams(mine, lambda c: embed_chunk(c, bar), n_streams)
+
+    def merge(self) -> None:
+        """Concatenate the chunks into the finished cache (the caller holds the folder's exclusive lock)."""
+        chunk_files = [self.chunk_file(c) for c in range(self.n_chunks)]
+        _merge(self.folder, chunk_files, self.ids, {**self.plan, "rows_from_other_lists": getattr(self, "copied", 0)},
+               self.sources)
+
+    def meet(self, timeout: float) -> None:
+        """Under torchrun: rank 0 waits for every chunk, then merges under the exclusive lock (after any other
+        job's writers); the other ranks wait for the manifest."""
+        manifest = self.folder / "manifest.json"
+        if self.rank != 0:
+            _wait(manifest.is_file, timeout, f"rank 0 to write {manifest}")
+            return
+        files = [self.chunk_file(c) for c in range(self.n_chunks)]
+        _wait(lambda: manifest.is_file() or all(f.is_file() for f in files), timeout,
+              f"the chunks of the other ranks in {self.chunk_dir}")
+        with locked(self.folder):
+            if not manifest.is_file():
+                self.merge()
+
+
+def _verified(folder: Path, plan: dict, on_error: OnError, *, on_damage: str) -> Features | None:
+    """The finished cache in ``folder`` once its files match their records, else None (``on_damage="defer"``: the
+    caller checks again under the lock; ``"repair"``: the caller holds the exclusive lock, so the manifest is removed
+    and the cache embedded again) or :class:`DamagedFileError` (``"raise"``: under torchrun, where ranks cannot
+    agree to re-embed; the message says what to delete)."""
+    manifest = read_json(folder / "manifest.json")
+    _check(folder / "manifest.json", manifest, plan)
+    damage = cache_damage(folder, manifest)
+    if damage is None:
+        return _checked_skips(load_features(folder), on_error)
+    if on_damage == "raise":
+        raise DamagedFileError(f"{damage}: delete {folder} and run again to embed it anew")
+    if on_damage == "repair":
+        print(f"[embed] {damage}: embedding {folder} again", file=sys.stderr)
+        (folder / "manifest.json").unlink()
+    return None
+
+
+def cache_damage(folder: Path, manifest: dict) -> str | None:
+    """Why a finished cache's files no longer match the records its manifest took when they were written (None:
+    intact; caches written before records were kept are checked by shape only, in :func:`load_features`)."""
+    for name, record in manifest.get("checks", {}).items():
+        reason = check_record(folder / name, record)
+        if reason:
+            return reason
+    return None
+
+
 def _checked_skips(features: Features, on_error: OnError) -> Features:
-    """A cache made with ``on_error="skip"`` read with ``"raise"`` names its undecodable images."""
+    """A cache made with ``on_error="skip"`` read with ``"raise"`` names its undecodable images; one where no image
+    decoded is an error either way (nothing is left to compute with)."""
+    if features.skipped and len(features.skipped) == len(features.ids):
+        raise ImageDecodeError(f"{features.path}: none of the {len(features.ids)} images decoded "
+                               f"({listed(features.skipped, most=3, sep=', ')}): check the files or the folder")
     if features.skipped and on_error == "raise":
         raise ImageDecodeError(f"{features.path}: {len(features.skipped)} image(s) did not decode "
                                f"({listed(features.skipped, most=5, sep=', ')}): replace them, or pass "
@@ -235,7 +317,7 @@ def remove_abandoned(parent: Path, *, keep: Path, idle_s: float = ABANDONED_S) -
 
     removed, now = [], time.time()
     for folder in parent.iterdir():
-        if folder == keep or not folder.is_dir() or (folder / "manifest.json").exists():
+        if folder == keep or not folder.is_dir() or (folder / "manifest.json").exists() or is_locked(folder):
             continue
         if not (folder / "progress.json").is_file():
             continue
@@ -269,7 +351,12 @@ def _embedded_elsewhere(folder: Path, sources: list[str]) -> dict[int, np.ndarra
         for j, source in enumerate(read_json(other / SOURCES)):
             i = want.get(source)
             if i is not None and i not in found:
-                feats = load_features(other).feats if feats is None else feats
+                if feats is None:
+                    try:
+                        feats = load_features(other).feats
+                    except DamagedFileError as err:  # its rows are not trusted: embed them here instead
+                        print(f"[embed] not reusing {other}: {err}", file=sys.stderr)
+                        break
                 found[i] = feats[j]
     return found
 
@@ -376,17 +463,39 @@ def _embed_rows(encoder: nn.Module, dataset: _SeededDataset, rows: Sequence[int]
     # concurrent chunk's seeded transform is using.
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False, generator=torch.Generator())
-    out = []
+    out, out_rows = [], 0
     for batch in loader:
         x = _padded(batch, batch_size).to(device).contiguous(memory_format=layout)
         feats = encoder(x)[:len(batch)].float().cpu().numpy()
-        feats[~torch.isfinite(batch).flatten(1).all(1).numpy()] = np.nan  # skipped images (NaN inputs)
         if feats.ndim != 2 or feats.shape[1] != encoder.dim:
             raise ValueError(f"encoder {encoder.spec.get('name')!r} returned shape {feats.shape}, "
                              f"expected (B, {encoder.dim})")
+        skipped = ~torch.isfinite(batch).flatten(1).all(1).numpy()  # images that did not decode (NaN inputs)
+        _check_finite(encoder, feats, skipped, [dataset.base.paths[r] for r in rows[out_rows:out_rows + len(batch)]])
+        feats[skipped] = np.nan
         out.append(feats)
+        out_rows += len(batch)
         bar.update(len(batch))
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class NonFiniteFeaturesError(ValueError):
+    """The encoder returned NaN/Inf for images that decoded: its weights or its arithmetic, not the images."""
+
+
+def _check_finite(encoder: nn.Module, feats: np.ndarray, skipped: np.ndarray, paths: list[Path]) -> None:
+    """Raise :class:`NonFiniteFeaturesError` for non-finite features of decoded images (NaN rows mark the images
+    that did not decode, so such rows must never be taken for them)."""
+    bad = ~np.isfinite(feats).all(1) & ~skipped
+    if not bad.any():
+        return
+    spec = encoder.spec
+    weights = getattr(encoder, "weights_path", None) or spec.get("weights")
+    raise NonFiniteFeaturesError(
+        f"encoder {spec.get('name')!r} (weights {weights}) gave NaN/Inf features for {int(bad.sum())} "
+        f"of {len(feats)} decoded images in a batch (first: {paths[int(np.flatnonzero(bad)[0])]}): the images are "
+        "fine, the weights hold NaN/Inf or the activations overflow: check or replace the weights file (or run in "
+        "float32)")
 
 
 def _padded(batch: torch.Tensor, size: int) -> torch.Tensor:
@@ -409,24 +518,31 @@ def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict, sources: list[str] | None) -> None:
-    """Concatenate the chunks into ``feats.npy`` without holding two copies; ``sources.json`` (reuse by later
-    lists) and the manifest last; clean up."""
+    """Concatenate the chunks into ``feats.npy`` (written as a stream, after a check that the disk holds it: a full
+    disk is an error naming the folder, never a signal in a memory map); ``sources.json`` (reuse by later lists) and
+    the manifest, with the records (size, SHA-256) of what it lists, last; clean up."""
     dim = int(np.load(chunk_files[0], mmap_mode="r").shape[1])
-    tmp = folder / ".feats.npy.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), dim))
-    row, skipped = 0, []
-    for f in chunk_files:
-        chunk = np.load(f)
-        out[row:row + len(chunk)] = chunk
-        skipped += [ids[row + i] for i in np.flatnonzero(~np.isfinite(chunk).all(1))]
-        row += len(chunk)
-    out.flush()
-    del out
-    os.replace(tmp, folder / "feats.npy")
+    ensure_space(folder, len(ids) * dim * 4, f"the merged feature cache ({len(ids):,} x {dim} float32)")
+    skipped: list[str] = []
+
+    def write(fh: Any) -> None:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), dim)})
+        row = 0
+        for f in chunk_files:
+            chunk = np.load(f)
+            skipped.extend(ids[row + i] for i in np.flatnonzero(~np.isfinite(chunk).all(1)))
+            fh.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+            row += len(chunk)
+        if row != len(ids):
+            raise ValueError(f"{folder / 'chunks'}: the chunks hold {row} rows for {len(ids)} images; delete {folder} "
+                             "and run again")
+
+    write_atomic(folder / "feats.npy", write)
     write_json(folder / "ids.json", ids)
     if sources is not None:
         write_json(folder / SOURCES, sources)
-    write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim, "skipped": skipped,
+    checks = {name: file_record(folder / name) for name in ("feats.npy", "ids.json")}
+    write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim, "skipped": skipped, "checks": checks,
                                           "files": {"feats": "feats.npy", "ids": "ids.json"}})
     for f in chunk_files:
         f.unlink()
@@ -450,13 +566,27 @@ def _check(path: Path, found: dict, plan: dict) -> None:
 
 
 def load_features(folder: str | Path) -> Features:
-    """Open a complete cache folder (``feats.npy``, ``ids.json``, ``manifest.json``) without any check."""
+    """Open a complete cache folder (``feats.npy``, ``ids.json``, ``manifest.json``) after checking its files
+    against the manifest's records (:func:`cache_damage`).
+
+    Raises:
+        DamagedFileError: a file truncated, damaged, or disagreeing with the manifest (the message names it).
+    """
     folder = Path(folder)
     manifest = read_json(folder / "manifest.json")
-    feats = np.load(folder / manifest["files"]["feats"], mmap_mode="r")
+    damage = cache_damage(folder, manifest)
+    if damage:
+        raise DamagedFileError(f"{damage}: delete {folder} and run again to embed it anew")
+    path = folder / manifest["files"]["feats"]
+    try:
+        feats = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise DamagedFileError(f"{path}: cannot be read as an array ({err}): delete {folder} and run again to embed "
+                               "it anew") from err
     ids = read_json(folder / manifest["files"]["ids"])
     if feats.shape != (manifest["count"], manifest["dim"]) or len(ids) != manifest["count"]:
-        raise ValueError(f"{folder}: feats.npy {feats.shape} / ids.json ({len(ids)}) disagree with manifest.json")
+        raise DamagedFileError(f"{folder}: feats.npy {feats.shape} / ids.json ({len(ids)}) disagree with "
+                               f"manifest.json: delete {folder} and run again to embed it anew")
     return Features(feats, ids, manifest, folder)
 
 

@@ -17,12 +17,19 @@ the config, so a run killed and resumed from its last checkpoint (with the same 
 bit-identical weights on CPU.
 
 Run folder (:mod:`.run_folder`): ``config.json``, ``log.jsonl``, ``checkpoint.safetensors``, ``head.safetensors``.
+One process trains in a folder at a time (rank 0 holds its lock; a second run waits, then resumes or reuses it).
+SIGINT, SIGTERM (what schedulers send before killing a job) and SIGHUP are acted on between two steps: every rank
+stops at the same step, rank 0 saves a checkpoint of it, and the run ends with ``KeyboardInterrupt`` (the CLI: the
+resume line); a second signal stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +38,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from ada_utils.files import locked, record_file, save_safetensors
 from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
 from ada_utils.train.config import TrainConfig, lambda_schedule, lr_schedule
@@ -145,13 +152,29 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     if activations is not None:
         header["activations_hash"] = activations.fingerprint(with_pairs=False)
 
-    def prepare() -> bool:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return prepare_dir(out_dir, header, resume=resume, overwrite=overwrite)
+    with contextlib.ExitStack() as hold:
+        def prepare() -> bool:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(locked(out_dir, waiting=f"[train] another process is training in {out_dir}: waiting "
+                                      "for it to end, then this run resumes or reuses it"))
+            return prepare_dir(out_dir, header, resume=resume, overwrite=overwrite)
 
-    # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
-    if distributed.on_main(prepare):
-        return TrainResult(out_dir, load_head(out_dir), read_log(out_dir), 0.0, 0)
+        # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
+        if distributed.on_main(prepare):
+            return TrainResult(out_dir, load_head(out_dir), read_log(out_dir), 0.0, 0)
+        return _train(cfg, data, out_dir, ctx, rows, heads, header, t0, encoder=encoder, resume=resume,
+                      progress=progress, stop_at=stop_at, validation=validation, activations=activations)
+
+
+def _train(cfg: TrainConfig, data: TrainData, out_dir: Path, ctx: distributed.Context, rows: np.ndarray,
+           heads: DomainHeads, header: dict, t0: float, *, encoder: torch.nn.Module | None, resume: bool,
+           progress: bool, stop_at: int | None, validation: BenchmarkFeatures | None,
+           activations: TrainData | None) -> TrainResult | None:
+    """The steps of :func:`train` in a prepared (and, on rank 0, locked) run folder."""
+    from tqdm.auto import tqdm
+
+    from ada_utils.heads import EncoderWithHeads
+
     source, front = _source(cfg, data, encoder, header, validation, activations)
     model = EncoderWithHeads(heads, front).to(ctx.device)
     scored = model if activations is not None else heads  # what early stopping evaluates and keeps
@@ -171,13 +194,19 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
     run.open(ctx.rank, ctx.world, log)
     batches = StepBatches(stepper, range(start, total), run.weights)
-    stopped = total
+    stopped, stack = total, contextlib.ExitStack()
     loader = (batches[i] for i in range(len(batches))) if cfg.num_workers == 0 else torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
     try:
         bar = tqdm(zip(range(start, total), loader), total=total - start, desc=f"train {cfg.method}",
                    disable=not progress or ctx.rank != 0, leave=False)
+        signals = stack.enter_context(_Signals())
         for step, batch in bar:
+            if signals.pending(ctx.device):
+                if run.writer is not None and step > start:
+                    run.writer.flush()  # the log holds every step before the checkpoint's
+                    save_checkpoint(run.ckpt, run.model, run.opt, stepper, step, run.scaler)
+                raise KeyboardInterrupt(signals.name)
             if stop_at is not None and step == stop_at:
                 return None
             if stopper is not None and stopper.due(step, total) and stopper.update(
@@ -187,6 +216,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
             log.append(run.update(step, batch, log, step - start))
             bar.set_postfix(loss=f"{log[-1]['loss']:.4f}")
     finally:
+        stack.close()
         run.close()
     header["stopping"] = _stopping(stopper, scored, log, stopped, total)
     seconds = time.perf_counter() - t0
@@ -338,8 +368,8 @@ class _Session:
 
         if self.opt is not None and complete:
             save_checkpoint(self.ckpt, self.model, self.opt, self.stepper, self.total, self.scaler)
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()},
-                  str(self.out_dir / "head.safetensors"))
+        record_file(save_safetensors(self.out_dir / "head.safetensors",
+                                     {k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()}))
         if encoder is not None:
             from ada_utils.encoders.checkpoints import save_encoder_checkpoint
 
@@ -360,6 +390,40 @@ class _Session:
             write_json(self.out_dir / "config.json", {**self.header, "status": "failed",
                                                       "error": f"diverged at step {step}, lr={cfg.lr}: {reason}"})
         return TrainingDivergedError(message)
+
+
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP noted while training (main thread only; restored after), so that the loop stops
+    between two steps with a checkpoint of the last one; a second signal raises at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.old: dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.caught).name if self.caught else "SIGINT"
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self.old = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.caught is not None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.caught = signum
+
+    def pending(self, device: torch.device) -> bool:
+        """Whether any rank has caught a signal (one small all-reduce per step under torchrun)."""
+        flag = torch.tensor([1.0 if self.caught else 0.0], dtype=torch.float64, device=device)
+        return bool(distributed.all_reduce_mean(flag).item() > 0)
 
 
 # Trainable weights this many times larger than at the start of the session mean the optimiser has run away

@@ -1,7 +1,9 @@
 """The run folder of ``train``: what it holds, checking it before a run, checkpoints, the finished head.
 
 Run folder: ``config.json`` (every parameter, data hash, versions, status), ``log.jsonl`` (one line per step),
-``checkpoint.safetensors`` (last good state: weights, optimiser, RNG and step, with its metadata inside), ``head.safetensors`` (final weights).
+``checkpoint.safetensors`` (last good state: weights, optimiser, RNG and step, with its metadata inside) and
+``checkpoint.prev.safetensors`` (the one before it), ``head.safetensors`` (final weights), ``checksums.json`` (size
+and SHA-256 of each of these, taken when written: a file damaged since is named, never trusted).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ada_utils.files import DamagedFileError, ensure_space, record_file, recorded_damage, save_safetensors
 from ada_utils.heads import DomainHeads
 from ada_utils.train.config import RESUME_FREE
 
@@ -34,6 +37,12 @@ def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: Domai
             "fit": getattr(model, "fit_info", {}), "train_pool": data.source, "status": "running"}
 
 
+# Everything a run writes into its folder (what ``overwrite`` deletes).
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint.safetensors", "checkpoint.prev.safetensors", "head.safetensors",
+             "encoder.safetensors", "encoder.json", "validation.jsonl", "best.safetensors", "checksums.json")
+PREV = "checkpoint.prev.safetensors"
+
+
 def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -> bool:
     """Check what ``out_dir`` holds; returns True when a finished identical run can be reused (resume)."""
     from ada_utils.files import read_json
@@ -43,8 +52,7 @@ def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -
         return False
     old = read_json(cfg_path)
     if overwrite:
-        for name in ("config.json", "log.jsonl", "checkpoint.safetensors", "head.safetensors", "encoder.safetensors",
-                     "encoder.json", "validation.jsonl", "best.safetensors"):
+        for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
         return False
     if old.get("status") == "failed" and not resume:
@@ -60,10 +68,12 @@ def prepare_dir(out_dir: Path, header: dict, *, resume: bool, overwrite: bool) -
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {old['config'].get(k)!r} vs now {header['config'][k]!r}" for k in diff)
         raise ValueError(f"cannot resume {out_dir}: its checkpoint was made with other parameters ({pairs}); "
-                         "use the same parameters, another folder, or overwrite=True")
+                         "use the same parameters, another folder (--out), or --overwrite (overwrite=True)")
     if old.get("data_hash") != header["data_hash"]:
-        raise ValueError(f"cannot resume {out_dir}: the training data differ (data_hash {old.get('data_hash')} "
-                         f"vs {header['data_hash']}); rebuild the same features or use overwrite=True")
+        raise ValueError(f"cannot resume {out_dir}: the training features differ from the checkpoint's (data_hash "
+                         f"{old.get('data_hash', '?')[:12]} vs {header['data_hash'][:12]}): the images, the encoder's "
+                         "weights file or its preprocessing changed; use the same ones, another folder (--out), or "
+                         "--overwrite (overwrite=True)")
     return old.get("status") == "finished"
 
 
@@ -102,9 +112,64 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     meta = {"step": step, "param_groups": sd["param_groups"], "opt_scalars": scalars}
     if scaler is not None and scaler.is_enabled():
         meta["grad_scaler"] = {k: float(v) if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
-    tmp.replace(path)
+    _keep_previous(path)
+    ensure_space(path.parent, sum(t.numel() * t.element_size() for t in tensors.values()), f"the checkpoint {path.name}")
+    record_file(save_safetensors(path, tensors, {"json": json.dumps(meta)}))
+
+
+def _keep_previous(path: Path) -> None:
+    """The last checkpoint becomes ``checkpoint.prev.safetensors`` (a hard link: no copy, no space), with its
+    record, before the new one replaces it: a checkpoint damaged later still has an intact predecessor."""
+    import os
+
+    from ada_utils.files import CHECKSUMS, read_json, write_json
+
+    if not path.is_file() or recorded_damage(path):
+        return
+    prev = path.with_name(PREV)
+    link = path.with_name(f".{PREV}.link")
+    link.unlink(missing_ok=True)
+    os.link(path, link)
+    os.replace(link, prev)
+    index = path.parent / CHECKSUMS
+    records = read_json(index) if index.is_file() else {}
+    if path.name in records:
+        records[PREV] = records[path.name]
+        write_json(index, records)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file continues from (read from its metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return int(json.loads(fh.metadata()["json"])["step"])
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a damaged checkpoint before resuming from it, saying what to do: the previous checkpoint when it is
+    intact, else ``--overwrite``.
+
+    Raises:
+        DamagedFileError: ``path`` is truncated, damaged, or not readable as safetensors.
+    """
+    from safetensors import SafetensorError
+
+    damage = recorded_damage(path)
+    if damage is None:
+        try:
+            checkpoint_step(path)
+            return
+        except (SafetensorError, OSError, ValueError, KeyError) as err:
+            damage = f"{path}: not a readable checkpoint ({err})"
+    prev = path.with_name(PREV)
+    try:
+        intact = prev.is_file() and recorded_damage(prev) is None
+        what = f"the previous checkpoint {prev} (step {checkpoint_step(prev)}) is intact: `mv {prev} {path}`, then " \
+            "resume again" if intact else "no intact earlier checkpoint is kept"
+    except (SafetensorError, OSError, ValueError, KeyError):
+        what = "no intact earlier checkpoint is kept"
+    raise DamagedFileError(f"{damage}; {what}, or pass --overwrite (overwrite=True) to train from the start")
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, stepper: Step,
@@ -112,6 +177,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     """Restore what ``save_checkpoint`` wrote (every rank reads the same file); returns the step to continue from."""
     from safetensors import safe_open
 
+    check_checkpoint(path)
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["json"])
     tensors = load_file(str(path))
@@ -144,6 +210,9 @@ def load_head(run_dir: str | Path) -> DomainHeads:
     if header.get("status") != "finished" or not (run_dir / "head.safetensors").is_file():
         raise FileNotFoundError(f"{run_dir}: no finished run (config.json status {header.get('status')!r}); "
                                 "train it first (notebooks/03_train.ipynb or `ada train`)")
+    damage = recorded_damage(run_dir / "head.safetensors")
+    if damage:
+        raise DamagedFileError(f"{damage}: train the run again with --overwrite (overwrite=True)")
     model = DomainHeads(header["head_kind"], header["feature_dim"], shared=header["shared"])
     model.load_state_dict(load_file(str(run_dir / "head.safetensors")))
     return model.eval()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 if TYPE_CHECKING:
     from ada_utils.encoders.features import BenchmarkFeatures
@@ -65,6 +65,12 @@ class EarlyStopping:
         if path is not None and path.is_file():
             self.curve = [r for r in map(json.loads, filter(None, path.read_text().splitlines())) if r["step"] < start]
         if self.curve and self.out_dir is not None and (self.out_dir / BEST).is_file():
+            from ada_utils.files import DamagedFileError, recorded_damage
+
+            damage = recorded_damage(self.out_dir / BEST)
+            if damage:
+                raise DamagedFileError(f"{damage}: the best heads so far are lost; pass --overwrite (overwrite=True) "
+                                       "to train the run again")
             self.best_state = load_file(str(self.out_dir / BEST))
 
     @property
@@ -83,7 +89,9 @@ class EarlyStopping:
         if improved:
             self.best_state = {k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()}
             if self.out_dir is not None:
-                save_file(self.best_state, str(self.out_dir / BEST), metadata={"step": str(step)})
+                from ada_utils.files import record_file, save_safetensors
+
+                record_file(save_safetensors(self.out_dir / BEST, self.best_state, {"step": str(step)}))
         if self.out_dir is not None:
             with open(self.out_dir / CURVE, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.curve)
