@@ -32,7 +32,11 @@ def _to_jsonable(obj: Any) -> Any:
 
 class NoSpaceError(OSError):
     """A write that the file system refused for lack of space (or a file-size limit); the message names the folder,
-    the bytes needed where known, and the bytes free."""
+    the bytes needed where known, and the bytes free (``str`` is the message alone, ``errno`` the system's code)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
 
 
 # Errors of a write that more space would cure: no space, a quota, a file-size limit (``ulimit -f``).
@@ -130,8 +134,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> Path:
-    """``np.save`` atomically (:func:`write_atomic`)."""
-    return write_atomic(path, lambda fh: np.save(fh, array))
+    """``np.save`` atomically (:func:`write_atomic`), the bytes through Python's ``write``: numpy's own ``tofile``
+    reports a full disk as a short write without its errno, which could not be told from other failures."""
+    array = np.ascontiguousarray(array)
+
+    def write(fh: Any) -> None:
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+        fh.write(array.tobytes())
+
+    return write_atomic(path, write)
 
 
 def read_json(path: str | Path) -> Any:

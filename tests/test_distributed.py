@@ -180,7 +180,7 @@ def test_cli_keeps_tracebacks_of_real_failures(monkeypatch: pytest.MonkeyPatch,
     def run(err: BaseException) -> int:
         parser = argparse.ArgumentParser()
         parser.set_defaults(func=lambda args: (_ for _ in ()).throw(err), command="train")
-        monkeypatch.setattr(cli, "build_parser", lambda: parser)
+        monkeypatch.setattr(cli, "build_parser", lambda command=None: parser)
         return cli.main([])
 
     assert run(ValueError("lam=-1 must be >= 0")) == 2

@@ -25,14 +25,30 @@ import sys
 CLI_MODULES = ("data", "eval", "train", "book")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``ada`` argument parser with every area's subcommands."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ada`` argument parser: every area's subcommands in full (``command`` None), or only ``command``'s in
+    full and the others by name and help line (``""``: none in full).
+
+    Each area lists its commands in ``COMMANDS`` (name -> help line) without importing anything heavy; ``register``
+    then imports what its flags need (``ada train``'s come from ``TrainConfig``, which imports torch). So ``ada
+    --help`` and ``ada data ...`` never pay for torch and timm.
+    """
     parser = argparse.ArgumentParser(prog="ada", description="ada: synthetic image attribution by alignment and "
                                      "disentanglement (data, embeddings, evaluation, training, the book)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in CLI_MODULES:
-        importlib.import_module(f"ada_utils.cli.{name}").register(subparsers)
+        module = importlib.import_module(f"ada_utils.cli.{name}")
+        if command is None or command in module.COMMANDS:
+            module.register(subparsers)
+        else:
+            for cmd, text in module.COMMANDS.items():
+                subparsers.add_parser(cmd, help=text)
     return parser
+
+
+def _command(argv: list[str]) -> str:
+    """The subcommand named on the command line ("" for none: ``ada``, ``ada --help``)."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 # Errors a user fixes from the message alone; RuntimeError is not one of them (CUDA, NCCL and torch's own
@@ -81,10 +97,10 @@ def _end_distributed() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ada`` console script; returns the process exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop_on)
+    old = {sig: signal.signal(sig, _stop_on) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         if getattr(args, "params_file", None):  # ada train -f FILE.yaml: the file's values become the defaults
             args.apply_params_file(args.params_file)
@@ -99,3 +115,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         _end_distributed()
+        for sig, handler in old.items():  # a caller (a test, a notebook) keeps its own handlers
+            signal.signal(sig, handler)

@@ -11,9 +11,12 @@ from pathlib import Path
 from ada_utils.project import repo_root
 
 
+COMMANDS = {"book": "execute changed notebooks with papermill, then build the book"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``book`` subcommand."""
-    p = subparsers.add_parser("book", help="execute changed notebooks with papermill, then build the book")
+    p = subparsers.add_parser("book", help=COMMANDS["book"])
     p.add_argument("--params", type=Path, default=None, help="papermill YAML file for every notebook")
     p.add_argument("--only", nargs="*", default=None, help="only these notebooks (and what they need)")
     p.add_argument("--force", action="store_true", help="re-run notebooks even when nothing changed")

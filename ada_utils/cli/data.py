@@ -53,6 +53,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{'test case':<28}{'prompt':<10}{'models':>8}{'exemplars':>11}{'queries':>9}")
         for r in rows:
             print(f"{r['test_case']:<28}{r['prompt_type']:<10}{r['models']:>8}{r['exemplars']:>11}{r['queries']:>9}")
+    for r in rows:
+        if r["without_exemplars"]:
+            print(f"{r['test_case']}/{r['prompt_type']}: {r['without_exemplars']} queries belong to models whose entry "
+                  "lists no exemplar; the evaluation leaves them out (not counted above)", file=sys.stderr)
     groups = _listed_images(args)
     return _decode_all(groups, workers=args.workers) if args.decode else _empty_files(groups)
 
@@ -113,9 +117,12 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"data": "build the embedded benchmark, check an AbC root, fetch photos"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ada data`` and its subcommands to the ``ada`` parser."""
-    data = subparsers.add_parser("data", help="build the embedded benchmark, check an AbC root, fetch photos")
+    data = subparsers.add_parser("data", help=COMMANDS["data"])
     sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
     build = sub.add_parser("build", help="generate the embedded AbC-format benchmark (deterministic)")

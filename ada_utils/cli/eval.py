@@ -42,16 +42,20 @@ def _load_encoder(args: argparse.Namespace):
                         trust_pickle=args.trust_pickle)
 
 
+COMMANDS = {"embed": "embed images once into a feature cache (feats.npy + ids + manifest)",
+            "eval": "official AbC metrics per cell, of an encoder on a data root or of AbC's released features",
+            "attribute": "nearest gallery images of your images (table + contact sheet)"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``embed``, ``eval`` and ``attribute`` to the ``ada`` command line."""
-    p = subparsers.add_parser("embed", help="embed images once into a feature cache (feats.npy + ids + manifest)")
+    p = subparsers.add_parser("embed", help=COMMANDS["embed"])
     p.add_argument("images", nargs="+", help="image files or folders (recursive, sorted)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default cache/features/<hash>/<hash>)")
     _encoder_args(p)
     p.set_defaults(func=_embed)
 
-    p = subparsers.add_parser("eval", help="official AbC metrics per cell, of an encoder on a data root or of "
-                              "AbC's released features")
+    p = subparsers.add_parser("eval", help=COMMANDS["eval"])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-root", type=Path, default=None,
                         help="data root holding dataset/json/test_*.json: embeds its images with --backbone")
@@ -65,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _encoder_args(p)
     p.set_defaults(func=_eval)
 
-    p = subparsers.add_parser("attribute", help="nearest gallery images of your images (table + contact sheet)")
+    p = subparsers.add_parser("attribute", help=COMMANDS["attribute"])
     p.add_argument("--gallery", type=Path, required=True, help="image folder, or a feature cache folder")
     p.add_argument("--query", nargs="+", required=True, help="query image files or folders")
     p.add_argument("--top", type=int, default=10, help="matches per query")

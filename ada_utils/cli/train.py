@@ -21,12 +21,15 @@ import dataclasses
 from pathlib import Path
 
 
+COMMANDS = {"train": "train a head (ada, its ablations, controls, supervised baseline)"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ada train`` to the ``ada`` command line."""
     from ada_utils.data.pools import POOL_SOURCES
     from ada_utils.train import CHOICES, TrainConfig
 
-    p = subparsers.add_parser("train", help="train a head (ada, its ablations, controls, supervised baseline)",
+    p = subparsers.add_parser("train", help=COMMANDS["train"],
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", default="small", help="embedded benchmark scale when --data-root is not given")
     p.add_argument("--data-root", default="", help="benchmark root (AbC layout); default: the embedded one")

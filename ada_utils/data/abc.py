@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -131,8 +132,19 @@ def json_path(root: str | Path, name: str, *, layout: Layout = "auto") -> Path:
     return resolve(f"{PREFIX}json/{name}", root, layout=layout)
 
 
+def require_root(root: str | Path) -> Path:
+    """``root`` as a Path, or FileNotFoundError naming it when the folder does not exist (before any of its files)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root}: no such folder (a data root holds dataset/json/*.json in AbC's "
+                                "layout); check the path, or leave --data-root / data_root empty for the embedded "
+                                "benchmark")
+    return root
+
+
 def test_case_names(root: str | Path, *, layout: Layout = "auto") -> list[str]:
     """The test cases of a data root: the stems of its ``test_*.json``, sorted (AbC's four, the embedded three)."""
+    require_root(root)
     json_dir = json_path(root, "any", layout=layout).parent
     names = sorted(p.stem for p in json_dir.glob("test_*.json"))
     if not names:
@@ -176,7 +188,44 @@ def read_entries(path: str | Path) -> list[dict]:
         bad += [(i, p) for f in files for p in f if escapes_root(p)]
     if bad:
         raise UnsafePathError(path, bad)
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        j = first.setdefault(str(entry["class_id"]), i)
+        if j != i:
+            raise ValueError(f"{path}: entries {j} and {i} share the model id class_id={entry['class_id']!r}: each "
+                             "model appears once in a benchmark JSON (merge the entries, or give one another id)")
     return entries
+
+
+class LinkOutsideRootError(ValueError):
+    """Files of a data root that are symlinks (or lie under symlinked folders) resolving outside the root."""
+
+
+FOLLOW_LINKS_ENV = "ADA_FOLLOW_SYMLINKS"  # "1": a data root that is a tree of symlinks by design
+
+
+def check_inside(paths: list[Path], root: str | Path, *, source: str | Path) -> None:
+    """Raise :class:`LinkOutsideRootError` when a listed file resolves outside ``root`` through a symlink.
+
+    The rule "a JSON names files under its root only" is checked on the path text by :func:`read_entries`; a link
+    inside the root could still point anywhere (a system file), so the real location is checked too: each distinct
+    folder is resolved once and each file's own ``lstat`` says whether it is a link (cheap for 1M distractors).
+    ``ADA_FOLLOW_SYMLINKS=1`` accepts links for a root built of them on purpose.
+    """
+    if os.environ.get(FOLLOW_LINKS_ENV) == "1" or not paths:
+        return
+    top = Path(root).resolve()
+    real_dirs = {d: d.resolve() for d in {p.parent for p in paths}}
+    bad = []
+    for p in paths:
+        target = p.resolve() if p.is_symlink() else real_dirs[p.parent] / p.name
+        if not target.is_relative_to(top):
+            bad.append(f"{p} -> {target}")
+    if bad:
+        shown = listed(bad, most=3, sep="; ")
+        raise LinkOutsideRootError(
+            f"{source}: {len(bad)} file(s) are symlinks to files outside the data root {root} ({shown}): the tool reads files under the root only; copy them in, or set {FOLLOW_LINKS_ENV}=1 if "
+            "the root is a tree of links by design")
 
 
 def check_files(paths: list[Path], *, source: str | Path) -> None:
@@ -229,7 +278,9 @@ def load_test_case(path: str | Path, *, root: str | Path, distractors: int | Non
             owner.setdefault(prompt, []).extend([m] * len(files))
     listed = list_distractors(root, n=distractors, layout=layout) if distractors is not None else []
     if check:
-        check_files([p for m in models for p in m.exemplars] + [p for q in queries.values() for p in q], source=path)
+        named = [p for m in models for p in m.exemplars] + [p for q in queries.values() for p in q]
+        check_files(named, source=path)
+        check_inside(named + listed, root, source=path)
     return TestCase(path.stem, path, root, models, queries,
                     {k: np.asarray(v, dtype=np.int64) for k, v in owner.items()}, listed)
 

@@ -70,15 +70,20 @@ def json_file(name: str, root: Path) -> Path:
 
 
 def summarise(json_files: list[str], *, root: Path, distractors: int | None = None) -> list[dict]:
-    """Per test case and prompt type: models, exemplars, queries (raises MissingFilesError on absent files)."""
+    """Per test case and prompt type: models, exemplars, queries as the evaluation counts them (raises
+    MissingFilesError on absent files); ``without_exemplars`` counts the queries of models whose JSON entry lists no
+    exemplar, which the evaluation leaves out (nothing to retrieve)."""
     rows = []
     for name in json_files:
         case = load_test_case(json_file(name, root), root=root, distractors=distractors)
         for prompt in case.prompt_types:
-            used = sorted(set(case.query_model[prompt].tolist()))
+            owner = case.query_model[prompt].tolist()
+            used = sorted(m for m in set(owner) if case.models[m].exemplars)
+            dropped = sum(not case.models[m].exemplars for m in owner)
             rows.append({"test_case": case.name, "prompt_type": prompt, "models": len(used),
                          "exemplars": sum(len(case.models[m].exemplars) for m in used),
-                         "queries": len(case.queries[prompt]), "distractors": len(case.distractors)})
+                         "queries": len(owner) - dropped, "without_exemplars": dropped,
+                         "distractors": len(case.distractors)})
     return rows
 
 

@@ -184,7 +184,7 @@ def build_benchmark(out: str | Path, *, scale: str = "small", seed: int = 0, pho
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: already exists; delete it, choose another --out, or pass overwrite=True")
+        raise FileExistsError(f"{out}: already exists; delete it, choose another --out, or pass --overwrite (overwrite=True)")
     sources = gather_sources(photos=photos, objects=objects)
     for path in tqdm(sources.photos, desc="preparing photos", disable=not progress):
         prepared_photo(path)  # decode the big photos once, before forking workers

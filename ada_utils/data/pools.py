@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ada_utils.data.abc import (IMAGE_SUFFIXES, Layout, Pool, json_path, list_distractors, load_test_case, pool_of,
-                                test_case_names, unlabelled_pool)
+                                require_root, test_case_names, unlabelled_pool)
 
 POOL_SOURCES = ("auto", "train_json", "folders", "transductive")
 
@@ -52,6 +52,7 @@ def training_pool(root: str | Path, *, source: str = "auto", real_dirs: Sequence
     """
     if source not in POOL_SOURCES:
         raise ValueError(f"train_pool={source!r}: choose one of {', '.join(POOL_SOURCES)}")
+    require_root(root)
     has_json = json_path(root, split_json, layout=layout).is_file()
     if source == "auto":
         source = "train_json" if has_json else "folders" if (real_dirs or synth_dirs) else ""

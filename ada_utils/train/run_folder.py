@@ -146,6 +146,19 @@ def checkpoint_step(path: Path) -> int:
         return int(json.loads(fh.metadata()["json"])["step"])
 
 
+def _was_previous(path: Path) -> bool:
+    """Whether ``path`` matches the record of ``checkpoint.prev.safetensors`` (then it becomes ``path``'s record)."""
+    from ada_utils.files import CHECKSUMS, check_record, read_json, write_json
+
+    index = path.parent / CHECKSUMS
+    records = read_json(index) if index.is_file() else {}
+    if PREV not in records or check_record(path, records[PREV]) is not None:
+        return False
+    records[path.name] = records[PREV]
+    write_json(index, records)
+    return True
+
+
 def check_checkpoint(path: Path) -> None:
     """Refuse a damaged checkpoint before resuming from it, saying what to do: the previous checkpoint when it is
     intact, else ``--overwrite``.
@@ -156,6 +169,8 @@ def check_checkpoint(path: Path) -> None:
     from safetensors import SafetensorError
 
     damage = recorded_damage(path)
+    if damage is not None and _was_previous(path):
+        damage = None  # the previous checkpoint, moved into place as the refusal below says
     if damage is None:
         try:
             checkpoint_step(path)

@@ -1,0 +1,247 @@
+"""Faults of shared machines, produced for real: two processes on one cache, a full disk (a small tmpfs where this
+user may mount one, else a file-size limit), truncated and corrupted files, SIGTERM, symlinks out of the root,
+NaN weights. Each asserts the exit code or error, its one-line message naming the culprit, and that no finished
+work is lost or partial work taken for finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ada_utils.cli import main
+from ada_utils.encoders import embed_images, load_features
+from ada_utils.files import DamagedFileError, NoSpaceError, locked
+from ada_utils.train import train
+from test_embed import TinyEncoder
+from test_train import _cfg, _data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(tiny_root: Path, folder: Path, n: int = 24) -> Path:
+    """``n`` of the tiny benchmark's images copied into ``folder``."""
+    folder.mkdir(parents=True)
+    for src in sorted((tiny_root / "dataset").rglob("*.jpg"))[:n]:
+        shutil.copy(src, folder / f"{len(list(folder.iterdir())):03d}.jpg")
+    return folder
+
+
+def _ada_process(*argv: str, stderr: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ada_utils", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=open(stderr, "w"), text=True)  # noqa: SIM115
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- two processes, one cache
+def test_two_processes_on_one_cache_both_finish_and_one_reuses(tiny_root, tmp_path):
+    images, cache = _images(tiny_root, tmp_path / "imgs"), tmp_path / "cache"
+    logs = [tmp_path / "a.err", tmp_path / "b.err"]
+    with locked(cache):  # a third writer holds the cache: both wait, then one embeds and the other reuses
+        procs = [_ada_process("embed", str(images), "--cache", str(cache), stderr=log) for log in logs]
+        _wait_for(lambda: all("waiting for it" in log.read_text() for log in logs))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    errs = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("reusing the features the other process finished" in e for e in errs) == 1, errs
+    assert outs[0] == outs[1] and "24 x 1280 features" in outs[0]
+    assert not (cache / "chunks").exists() and not list(cache.glob(".*.tmp"))
+    assert np.isfinite(load_features(cache).feats).all()
+
+
+# ----------------------------------------------------------------------------- a full disk
+def test_a_file_size_limit_names_the_folder_and_keeps_what_was_finished(tmp_path, tiny_root):
+    images = sorted((tiny_root / "dataset").rglob("*.jpg"))[:40]
+    encoder, cache = TinyEncoder(dim=1024), tmp_path / "cache"
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, old_limit[1]))  # a 32-row chunk fits, the merge does not
+    try:
+        with pytest.raises(NoSpaceError, match=rf"{cache}: cannot write feats.npy: File too large .* free\)"):
+            embed_images(encoder, images, cache=cache, chunk_size=32, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert not (cache / "manifest.json").exists() and not list(cache.glob(".feats.npy.*"))  # nothing partial left
+    assert len(list((cache / "chunks").glob("*.npy"))) == 2  # the finished chunks are kept ...
+    encoder.images = 0
+    again = embed_images(encoder, images, cache=cache, chunk_size=32, progress=False)
+    assert encoder.images == 0 and again.feats.shape == (40, 1024)  # ... and the re-run only merges them
+
+
+def _small_disk(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_is_found_before_the_merge(tmp_path, tiny_root, capsys):
+    disk = tmp_path / "disk"
+    if not _small_disk(disk, "1m"):
+        pytest.skip("no tmpfs mount for this user (the file-size limit test covers the write path)")
+    try:
+        images = _images(tiny_root, tmp_path / "imgs", n=8)
+        code = main(["embed", str(images), "--cache", str(disk / "cache")])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{disk / 'cache'}: the merged feature cache (8 x 1280 float32) needs 40.0 KiB" in err
+        assert "free there" in err and "Traceback" not in err
+        assert not (disk / "cache" / "manifest.json").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# ----------------------------------------------------------------------------- damaged files
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_a_damaged_cache_is_named_and_embedded_again(tmp_path, tiny_root, capsys, damage):
+    images = sorted((tiny_root / "dataset").rglob("*.jpg"))[:20]
+    encoder, cache = TinyEncoder(), tmp_path / "cache"
+    first = np.array(embed_images(encoder, images, cache=cache, progress=False).feats)
+    feats = cache / "feats.npy"
+    data = bytearray(feats.read_bytes())
+    if damage == "truncate":
+        feats.write_bytes(data[:len(data) // 2])
+    else:  # same size, other numbers: only the checksum can tell
+        data[-40:] = bytes(40)
+        feats.write_bytes(data)
+    with pytest.raises(DamagedFileError, match=rf"{feats}: .*delete {cache}"):
+        load_features(cache)
+    capsys.readouterr()
+    again = embed_images(encoder, images, cache=cache, progress=False)
+    assert f"{feats}:" in capsys.readouterr().err
+    assert np.array_equal(np.array(again.feats), first)
+
+
+def test_a_damaged_checkpoint_names_the_previous_intact_one(tmp_path):
+    data, cfg = _data(), _cfg(method="ada")
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    run = tmp_path / "run"
+    assert train(cfg, data, run, progress=False, stop_at=7) is None  # checkpoints at steps 3 and 6
+    ckpt = run / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(DamagedFileError, match=r"checkpoint.prev.safetensors \(step 3\) is intact: `mv .*--overwrite"):
+        train(cfg, data, run, resume=True, progress=False)
+    (run / "checkpoint.prev.safetensors").replace(ckpt)
+    resumed = train(cfg, data, run, resume=True, progress=False)
+    for key, val in full.model.state_dict().items():
+        assert torch.equal(val, resumed.model.state_dict()[key]), key
+
+
+def test_a_damaged_head_is_named(tmp_path):
+    from ada_utils.train.run_folder import load_head
+
+    run = tmp_path / "run"
+    train(_cfg(method="ada"), _data(), run, progress=False)
+    head = run / "head.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-8:] = bytes(8)
+    head.write_bytes(data)
+    with pytest.raises(DamagedFileError, match=rf"{head}: its content differs .*--overwrite"):
+        load_head(run)
+
+
+# ----------------------------------------------------------------------------- signals
+def _signal_when(path: Path, lines: int, sig: int, pid: int) -> threading.Thread:
+    def send() -> None:
+        _wait_for(lambda: path.is_file() and len(path.read_text().splitlines()) >= lines)
+        os.kill(pid, sig)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_in_training_saves_the_last_step_and_resumes_to_identical_weights(tmp_path):
+    data, cfg = _data(), _cfg(method="ada", epochs=30, checkpoint_every=10_000)  # no scheduled checkpoint
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    run = tmp_path / "run"
+    _signal_when(run / "log.jsonl", 5, signal.SIGTERM, os.getpid())
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train(cfg, data, run, progress=False)
+    from ada_utils.train.run_folder import checkpoint_step
+
+    step = checkpoint_step(run / "checkpoint.safetensors")
+    assert 5 <= step < full.steps and len((run / "log.jsonl").read_text().splitlines()) == step
+    resumed = train(cfg, data, run, resume=True, progress=False)
+    for key, val in full.model.state_dict().items():
+        assert torch.equal(val, resumed.model.state_dict()[key]), key
+
+
+def test_sigterm_stops_a_command_with_the_resume_line(tiny_root, tmp_path):
+    """A real ``ada embed`` process sent SIGTERM mid-run: exit 143, the resume line, its finished chunks kept."""
+    images = _images(tiny_root, tmp_path / "imgs", n=400)
+    cache, log = tmp_path / "cache", tmp_path / "err"
+    proc = _ada_process("embed", str(images), "--cache", str(cache), "--batch-size", "4", stderr=log)
+    _wait_for(lambda: len(list((cache / "chunks").glob("*.npy"))) >= 1, timeout=240)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    err = log.read_text()
+    assert proc.returncode == 143 and "ada embed: stopped by SIGTERM; what was finished is kept" in err, err
+    assert "Traceback" not in err and not (cache / "manifest.json").exists()
+    assert list((cache / "chunks").glob("*.npy"))
+
+
+# ----------------------------------------------------------------------------- paths and numbers
+def _root_with_link(tiny_root: Path, tmp_path: Path, target: Path) -> tuple[Path, Path, str]:
+    """A copy of the tiny root whose first exemplar of its first test case is a symlink to ``target``."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    name = sorted(p.stem for p in (root / "dataset" / "json").glob("test_*.json"))[0]
+    entry = json.loads((root / "dataset" / "json" / f"{name}.json").read_text())[0]
+    link = root / entry["exemplar"][0]
+    link.unlink()
+    link.symlink_to(target)
+    return root, link, f"dataset/json/{name}.json"
+
+
+@pytest.mark.parametrize("target", ["outside", "/etc/passwd"])
+def test_a_symlink_out_of_the_root_is_refused_naming_link_and_target(tiny_root, tmp_path, capsys, monkeypatch,
+                                                                     target):
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(next((tiny_root / "dataset").rglob("*.jpg")), outside)
+    root, link, case = _root_with_link(tiny_root, tmp_path, outside if target == "outside" else Path(target))
+    code = main(["data", "check", "--data-root", str(root), case])
+    err = capsys.readouterr().err
+    real = outside.resolve() if target == "outside" else Path(target).resolve()
+    assert code == 2 and f"{link} -> {real}" in err and "ADA_FOLLOW_SYMLINKS=1" in err and "Traceback" not in err
+    monkeypatch.setenv("ADA_FOLLOW_SYMLINKS", "1")
+    if target == "outside":  # opted in: a root built of links is read
+        assert main(["data", "check", "--data-root", str(root), case]) == 0
+
+
+def test_nan_weights_are_named_and_never_taken_for_undecodable_images(tmp_path, tiny_root):
+    from safetensors.torch import save_file
+
+    from ada_utils.encoders import CheckpointError, load_encoder
+    from ada_utils.encoders.embed import NonFiniteFeaturesError
+
+    encoder = load_encoder("efficientnet_lite0", device="cpu", image_size=128)
+    state = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+    state["conv_stem.weight"][0, 0, 0, 0] = float("nan")
+    weights = tmp_path / "nan.safetensors"
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match=rf"{weights}: 1 tensor\(s\) hold NaN/Inf \(conv_stem.weight\)"):
+        load_encoder("efficientnet_lite0", weights, device="cpu", image_size=128)
+    tiny = TinyEncoder()
+    with torch.no_grad():
+        tiny.net[-1].bias.fill_(float("inf"))  # finite images, infinite features: the encoder's fault
+    images = sorted((tiny_root / "dataset").rglob("*.jpg"))[:4]
+    for on_error in ("raise", "skip"):
+        with pytest.raises(NonFiniteFeaturesError, match=rf"'tiny' \(weights random\) .*first: {images[0]}"):
+            embed_images(tiny, images, cache=tmp_path / on_error, on_error=on_error, progress=False)
