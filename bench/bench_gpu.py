@@ -329,7 +329,8 @@ def notebook_papermill(params: dict, work: Path, out_nb: Path, timeout: float) -
             proc.wait()
     if proc.returncode != 0:
         raise RuntimeError(f"papermill exited {proc.returncode}: {log[-2000:]}")
-    metrics = json.loads((work / "runs" / "03_train" / f"{params['method']}-seed0" / "metrics.json").read_text())
+    runs = (work / "runs" / "03_train").glob(f"{params['method']}-seed0-*/metrics.json")  # its configuration's folder
+    metrics = json.loads(max(runs, key=lambda path: path.stat().st_mtime).read_text())
     return {"steps": metrics["steps"], "train_seconds": metrics["train_seconds"]}
 
 

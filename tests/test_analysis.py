@@ -242,23 +242,36 @@ def test_relative_paths_in_text_and_relative_ids(tmp_path, monkeypatch) -> None:
         relative_ids([tmp_path / "c.jpg"], root)
 
 
-def test_analysis_chapters_refuse_a_run_that_fine_tuned_its_encoder(tmp_path) -> None:
-    """01/02 apply a run's head to the frozen backbone's features: a fine-tuned run must stop them, named."""
+def test_analysis_chapters_find_the_frozen_run_of_their_configuration(tmp_path) -> None:
+    """01/02 apply a run's head to the frozen backbone's features: they find the finished frozen-encoder run of
+    their method, seed, settings and benchmark, and pass over fine-tuned runs, other benchmarks and other settings."""
     import json
-
-    import pytest
+    import os
+    import time
 
     from ada_utils.analysis.features import _find_run
 
-    run = tmp_path / "runs" / "03_train" / "ada-seed0"
-    run.mkdir(parents=True)
-    (run / "head.safetensors").write_bytes(b"")
-    (run / "metrics.json").write_text(json.dumps({"data_root": "bench"}))
-    (run / "config.json").write_text(json.dumps({"config": {"finetune": "last_k", "backbone": "dino_vitb16"}}))
-    with pytest.raises(ValueError, match="ada-seed0 fine-tuned its encoder"):
-        _find_run("ada", seed=0, train_params={}, root=tmp_path / "bench", runs=run.parent)
-    (run / "config.json").write_text(json.dumps({"config": {"finetune": "frozen"}}))
-    assert _find_run("ada", seed=0, train_params={}, root=tmp_path / "bench", runs=run.parent)[0] == run
+    runs = tmp_path / "runs" / "03_train"
+
+    def make(name: str, config: dict, root: str = "bench", status: str = "finished") -> Path:
+        run = runs / name
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"data_root": root}))
+        (run / "config.json").write_text(json.dumps({"status": status, "config": {"method": "ada", "seed": 0,
+                                                                                   "finetune": "frozen", **config}}))
+        return run
+
+    make("ada-seed0-tuned", {"finetune": "last_k", "backbone": "lite"})
+    make("ada-seed0-other", {"backbone": "lite"}, root="elsewhere")
+    make("ada-seed0-dino", {"backbone": "dino"})
+    make("ada-seed0-running", {"backbone": "lite"}, status="running")
+    kw = {"seed": 0, "root": tmp_path / "bench", "runs": runs}
+    assert _find_run("ada", train_params={"backbone": "lite"}, **kw)[0] is None
+    old, new = make("ada-seed0-a", {"backbone": "lite"}), make("ada-seed0-b", {"backbone": "lite"})
+    stamp = time.time()
+    os.utime(old / "config.json", (stamp - 60, stamp - 60))
+    assert _find_run("ada", train_params={"backbone": "lite"}, **kw)[0] == new  # the newest of the matching runs
+    assert _find_run("ada", train_params={"backbone": "dino"}, **kw)[0] == runs / "ada-seed0-dino"
 
 
 def test_a_shared_cache_takes_data_and_features_but_not_runs(tmp_path, monkeypatch) -> None:

@@ -245,3 +245,24 @@ def test_nan_weights_are_named_and_never_taken_for_undecodable_images(tmp_path, 
     for on_error in ("raise", "skip"):
         with pytest.raises(NonFiniteFeaturesError, match=rf"'tiny' \(weights random\) .*first: {images[0]}"):
             embed_images(tiny, images, cache=tmp_path / on_error, on_error=on_error, progress=False)
+
+
+# ----------------------------------------------------------------------------- run folders by configuration
+def test_run_folders_follow_what_the_run_computes(tmp_path):
+    """Another setting or other features (another backbone, weights or data root) get a folder of their own: no
+    collision, no ``overwrite``; the same configuration finds its finished run again and reuses it."""
+    import dataclasses
+
+    from ada_utils.train.run_folder import run_name
+
+    data, cfg = _data(), _cfg(method="ada")
+    other_features, other_setting = _data(seed=1), _cfg(method="ada", lam=3.0)
+    names = [run_name(cfg, data), run_name(cfg, other_features), run_name(other_setting, data)]
+    assert len(set(names)) == 3 and all(n.startswith("ada-seed0-") for n in names)
+    assert run_name(dataclasses.replace(cfg, checkpoint_every=7), data) == names[0]  # resume-free knobs share it
+    first = train(cfg, data, tmp_path / names[0], progress=False)
+    train(cfg, other_features, tmp_path / names[1], progress=False)
+    train(other_setting, data, tmp_path / names[2], progress=False)
+    again = train(cfg, data, tmp_path / names[0], resume=True, progress=False)
+    assert again.seconds == 0.0 and torch.equal(again.model.state_dict()["real.linear.weight"],
+                                                first.model.state_dict()["real.linear.weight"])

@@ -65,12 +65,16 @@ PAPER_FILES = {"dino": "03_train_dino_vits16.yaml", "mocov3": "03_train_mocov3_v
 
 @pytest.fixture(scope="module")
 def paper_runs(abc_root: Path, tmp_path_factory) -> dict[str, dict]:
-    """03 with each paper file on the rehearsal root, DINO then MoCo v3; the MoCo v3 run stays in ``ada-seed0``."""
-    runs, out = Path(os.environ["ADA_WORK"]) / "runs" / "03_train" / "ada-seed0", {}
+    """03 with each paper file on the rehearsal root, DINO then MoCo v3: each run gets a folder of its own (its
+    configuration's), with no ``overwrite``; the chapters after it find the MoCo v3 run, the newest."""
+    from ada_utils.train.run_folder import find_run
+
+    out = {}
     for kind, params_file in PAPER_FILES.items():
         folder = tmp_path_factory.mktemp(kind)
         _run("03_train", params_file, folder / "03.ipynb", data_root=str(abc_root),
-             weights=str(_official_weights(kind, folder)), overwrite=True, **SMALL)
+             weights=str(_official_weights(kind, folder)), **SMALL)
+        runs = find_run(Path(os.environ["ADA_WORK"]) / "runs" / "03_train", root=abc_root, backbone=f"{kind}_vits16")
         out[kind] = {"metrics": json.loads((runs / "metrics.json").read_text()),
                      "config": json.loads((runs / "config.json").read_text())["config"],
                      "encoder": (runs / "encoder.safetensors").is_file()}

@@ -70,27 +70,17 @@ class FeatureSet:
 
 
 def _find_run(name: str, *, seed: int, train_params: dict, root: Path, runs: Path) -> tuple[Path | None, str]:
-    """The finished 03_train run ``runs/<name>-seed<seed>`` made on this benchmark, or None and why not.
+    """The newest finished, frozen-encoder 03_train run of method ``name`` and ``seed`` with ``train_params``,
+    evaluated on this benchmark (:func:`ada_utils.train.run_folder.find_run`), or None and why not.
 
-    Raises:
-        ValueError: the run exists for this benchmark but was trained with other backbone settings.
+    Runs that fine-tuned their encoder are passed over: these chapters apply a head to the frozen backbone's
+    features.
     """
-    from ada_utils.files import read_json
+    from ada_utils.train.run_folder import find_run
 
-    run = runs / f"{name}-seed{seed}"
-    if not ((run / "head.safetensors").is_file() and (run / "metrics.json").is_file()):
-        return None, "03_train run missing"
-    if read_json(run / "metrics.json").get("data_root") != root.name:
-        return None, "03_train run is for another benchmark"
-    saved = read_json(run / "config.json").get("config", {})
-    if saved.get("finetune", "frozen") != "frozen":
-        raise ValueError(f"{run} fine-tuned its encoder (finetune={saved['finetune']!r}): this chapter measures heads on "
-                         "the frozen backbone's features; analyse a frozen-encoder run (03_train with finetune "
-                         "frozen) or pass encoders without it")
-    wrong = {k: (saved.get(k), v) for k, v in train_params.items() if k in saved and saved[k] != v}
-    if wrong:
-        raise ValueError(f"{run} was trained with other settings {wrong} (saved, here): rerun 03_train with "
-                         "these parameters or change this notebook's parameters")
+    run = find_run(runs, root=root, method=name, seed=seed, finetune="frozen", **train_params)
+    if run is None:
+        return None, "no 03_train run of this configuration"
     return run, str(run.relative_to(runs.parent))
 
 
@@ -147,7 +137,7 @@ def load_feature_sets(names: Sequence[str], *, root: Path, backbone: str, weight
 
     ``random``: random-init backbone (at ``random_image_size`` px if given: smoke runs use a small size, the
     CPU forward pass being the cost); ``pretrained``: the backbone as is; any other name is a ``03_train``
-    method whose head is read from ``runs/03_train/<name>-seed<seed>/``, else from the ``04_ablations`` run of the
+    method whose head is read from its ``03_train`` run of this configuration, else from the ``04_ablations`` run of the
     same configuration, else trained into ``fallback``.
     """
     from ada_utils.project import runs_dir, set_seed

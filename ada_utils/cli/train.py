@@ -3,7 +3,7 @@
 Every field of ``TrainConfig`` is an option with the same name (``--lam 0.5``, ``--cov-mode per_domain``,
 ``--no-nn-symmetric``), so a notebook parameter, a config.json field and a CLI flag share one name. Examples::
 
-    ada train --method ada --scale small --seed 0            # runs/03_train/ada-seed0/
+    ada train --method ada --scale small --seed 0            # runs/03_train/ada-seed0-<hash of config and data>/
     ada train --method supervised --scale tiny --resume
     ada train -f params/paper/03_train_dino_vitb16.yaml --data-root /data/abc --weights dino_vitbase16_pretrain.pth
     torchrun --nproc_per_node=4 -m ada_utils train --method ada --solver gradient --finetune last_k --device cuda \\
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", default="small", help="embedded benchmark scale when --data-root is not given")
     p.add_argument("--data-root", default="", help="benchmark root (AbC layout); default: the embedded one")
-    p.add_argument("--out", default="", help="run folder (default runs/03_train/<method>-seed<seed>)")
+    p.add_argument("--out", default="", help="run folder (default runs/03_train/<method>-seed<seed>-<hash>: the hash of the settings and "
+                   "the training data, so another backbone, root or setting never collides with an earlier run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a run already in --out and start again")
     p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
@@ -70,6 +71,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ada_utils import distributed
     from ada_utils.train import TrainConfig, feature_maps, prefix_training_data, train, training_data
     from ada_utils.train.data import stopping_split
+    from ada_utils.train.run_folder import run_name
 
     cfg = TrainConfig.from_dict(vars(args))
     if cfg.device == "cpu":
@@ -82,10 +84,7 @@ def train_command(args: argparse.Namespace) -> int:
 
         with distributed.main_first():  # rank 0 builds the embedded benchmark; the others then find it built
             root = ensure_benchmark(scale=args.scale, seed=0)
-    out = Path(args.out) if args.out else runs_dir() / "03_train" / f"{cfg.method}-seed{cfg.seed}"
     # The run's device for every forward pass, frozen encoder included (features are embedded once and cached).
-    if args.resume and not (out / "config.json").is_file():
-        raise ValueError(f"--resume: {out} holds no run to resume; drop --resume to start one, or name it with --out")
     encoder = load_encoder(cfg.backbone, cfg.weights or None, device=ctx.device, image_size=cfg.image_size,
                            trust_pickle=args.trust_pickle)
     data = training_data(encoder, root, n_views=cfg.n_views, augment=cfg.augment,
@@ -95,6 +94,9 @@ def train_command(args: argparse.Namespace) -> int:
     acts = None if cfg.finetune_from == "images" else prefix_training_data(  # the frozen blocks' output, cached
         encoder, root, k=cfg.k_blocks, n_views=cfg.n_views, augment=cfg.augment, pool=args.train_pool,
         real_dirs=args.train_real_dirs, synth_dirs=args.train_synth_dirs, progress=ctx.is_main)
+    out = Path(args.out) if args.out else runs_dir() / "03_train" / run_name(cfg, data, acts)
+    if args.resume and not (out / "config.json").is_file():
+        raise ValueError(f"--resume: {out} holds no run to resume; drop --resume to start one, or name it with --out")
     result = train(cfg, data, out, encoder=None if cfg.finetune == "frozen" else encoder, resume=args.resume,
                    overwrite=args.overwrite, progress=ctx.is_main, validation=validation, activations=acts)
     if ctx.is_main:

@@ -28,6 +28,43 @@ if TYPE_CHECKING:
     from ada_utils.train.step import Step
 
 
+def run_name(cfg: TrainConfig, data: TrainData, activations: TrainData | None = None) -> str:
+    """A run's folder name, from what it computes: ``<method>-seed<k>-<10 hex digits>``.
+
+    The digits hash every setting that changes the result (all of ``cfg`` but :data:`RESUME_FREE`) and the training
+    data as the run's header fingerprints it (the features: so the images, the data root, the encoder's weights and
+    preprocessing; with ``activations``, theirs too). A new backbone, data root or setting gets a folder of its own
+    and never collides with an earlier run; the same ones find their run again, to resume or reuse it. Call it with
+    the data ``train`` gets (after the validation split).
+    """
+    import hashlib
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
+    key = {"config": settings, "data": data.fingerprint(with_pairs=cfg.unit.reads_pairs),
+           "activations": None if activations is None else activations.fingerprint(with_pairs=False)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{cfg.method}-seed{cfg.seed}-{digest}"
+
+
+def find_run(folder: Path, *, root: Path, **config: object) -> Path | None:
+    """The newest finished run in ``folder`` evaluated on ``root`` (its ``metrics.json``) whose configuration has
+    every value of ``config`` (e.g. ``method="ada", seed=0, backbone="efficientnet_lite0"``); None when there is none.
+
+    How a chapter finds another chapter's run: by what it computed, never by a fixed folder name.
+    """
+    from ada_utils.files import read_json
+
+    found = []
+    for path in Path(folder).glob("*/config.json"):
+        header, metrics = read_json(path), path.parent / "metrics.json"
+        saved = header.get("config", {})
+        if header.get("status") != "finished" or any(saved.get(k) != v for k, v in config.items()):
+            continue
+        if metrics.is_file() and read_json(metrics).get("data_root") == Path(root).name:
+            found.append(path.parent)
+    return max(found, key=lambda run: (run / "config.json").stat().st_mtime_ns, default=None)
+
+
 def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: DomainHeads) -> dict:
     from ada_utils.project import hardware, library_versions
 
