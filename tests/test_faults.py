@@ -266,3 +266,31 @@ def test_run_folders_follow_what_the_run_computes(tmp_path):
     again = train(cfg, data, tmp_path / names[0], resume=True, progress=False)
     assert again.seconds == 0.0 and torch.equal(again.model.state_dict()["real.linear.weight"],
                                                 first.model.state_dict()["real.linear.weight"])
+
+
+def test_a_damaged_calibrator_is_named(tmp_path):
+    from ada_utils.eval.calibrate import Calibrator, load_calibrator, save_calibrator
+
+    path = save_calibrator(tmp_path / "cal.pth", Calibrator(12.5, -3.0), {"dim": 8})
+    assert load_calibrator(path, dim=8)[0].inv_tau.item() == 12.5
+    data = bytearray(path.read_bytes())
+    data[-12:] = bytes(12)
+    path.write_bytes(data)
+    with pytest.raises(DamagedFileError, match=rf"{path}: its content differs .*--calibrate-on"):
+        load_calibrator(path, dim=8)
+
+
+def test_the_tools_files_are_readable_by_colleagues_and_help_needs_no_torch(tmp_path, tiny_root):
+    """A cache shared through ADA_CACHE: its JSON files get the permissions of its arrays (the user's umask);
+    ``ada --help`` imports neither torch nor timm (the CLI promises a fast answer)."""
+    images = sorted((tiny_root / "dataset").rglob("*.jpg"))[:4]
+    cache = embed_images(TinyEncoder(), images, cache=tmp_path / "cache", progress=False).path
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in cache.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # 0644 under the usual umask 022, as any file the user makes
+    probe = ("import sys, contextlib, io\nfrom ada_utils.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):"
+             "\n    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

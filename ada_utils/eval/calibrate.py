@@ -216,13 +216,14 @@ def target_lines(study: dict) -> list[str]:
 
 def save_calibrator(path: str | Path, cal: Calibrator, meta: dict) -> Path:
     """AbC's file (a state dict with exactly ``inv_tau`` and ``bias``) plus a JSON beside it (``meta``: the
-    encoder spec, feature dimension, fit and data it was fitted for)."""
-    from ada_utils.files import write_json
+    encoder spec, feature dimension, fit and data it was fitted for, and the record of the file written)."""
+    from ada_utils.files import file_record, write_atomic, write_json
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().float().clone() for k, v in cal.state_dict().items()}, path)
-    write_json(path.with_suffix(".json"), {**meta, "inv_tau": cal.inv_tau.item(), "bias": cal.bias.item()})
+    state = {k: v.detach().float().clone() for k, v in cal.state_dict().items()}
+    write_atomic(path, lambda fh: torch.save(state, fh))
+    write_json(path.with_suffix(".json"), {**meta, "inv_tau": cal.inv_tau.item(), "bias": cal.bias.item(),
+                                           "file": file_record(path)})
     return path
 
 
@@ -233,9 +234,14 @@ def load_calibrator(path: str | Path, *, encoder: dict | None = None, dim: int |
     ``encoder`` (a spec) and ``dim`` are checked against the JSON; AbC's files have none, so nothing can be checked.
     """
     from ada_utils.eval.released import read_torch_file
-    from ada_utils.files import read_json
+    from ada_utils.files import DamagedFileError, check_record, read_json
 
     path = Path(path)
+    side = path.with_suffix(".json")
+    meta = read_json(side) if side.is_file() else None
+    damage = check_record(path, (meta or {}).get("file"))
+    if damage:
+        raise DamagedFileError(f"{damage}: fit the calibrator again (--calibrate-on) or delete it")
     obj = read_torch_file(path, "calibrator {'inv_tau': tensor, 'bias': tensor}")
     if not isinstance(obj, dict) or set(map(str, obj)) != {"inv_tau", "bias"}:
         found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
@@ -244,8 +250,6 @@ def load_calibrator(path: str | Path, *, encoder: dict | None = None, dim: int |
     if not all(isinstance(v, torch.Tensor) and v.numel() == 1 and torch.isfinite(v).all() for v in obj.values()):
         raise ValueError(f"{path}: inv_tau and bias must be finite scalar tensors")
     cal = Calibrator(float(obj["inv_tau"]), float(obj["bias"]))
-    side = path.with_suffix(".json")
-    meta = read_json(side) if side.is_file() else None
     if meta is not None and encoder is not None and meta.get("encoder") != encoder:
         raise ValueError(f"{path}: fitted for encoder {meta.get('encoder', {}).get('name')!r} ({side.name}), not "
                          f"{encoder.get('name')!r} with this spec; fit one for this encoder (--calibrate-on)")
