@@ -294,3 +294,45 @@ def test_the_tools_files_are_readable_by_colleagues_and_help_needs_no_torch(tmp_
              "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- the smaller items
+def _root_copy(tiny_root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    return root, sorted((root / "dataset" / "json").glob("test_*.json"))[0]
+
+
+def test_duplicate_model_ids_and_models_without_exemplars_are_named(tiny_root, tmp_path, capsys):
+    root, case = _root_copy(tiny_root, tmp_path)
+    entries = json.loads(case.read_text())
+    rel = str(case.relative_to(root))
+    case.write_text(json.dumps(entries + [entries[0]]))
+    assert main(["data", "check", "--data-root", str(root), rel]) == 2
+    err = capsys.readouterr().err
+    assert f"entries 0 and {len(entries)} share the model id class_id={entries[0]['class_id']!r}" in err
+    queries = sum(len(v) for v in entries[0]["synth"].values())
+    case.write_text(json.dumps([{**entries[0], "exemplar": []}] + entries[1:]))
+    assert main(["data", "check", "--data-root", str(root), rel, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert sum(r["without_exemplars"] for r in json.loads(out)) == queries
+    assert "belong to models whose entry lists no exemplar; the evaluation leaves them out" in err
+
+
+def test_a_missing_data_root_is_named_before_anything_loads(tmp_path, capsys):
+    code = main(["train", "--data-root", str(tmp_path / "data" / "small"), "--method", "whiten"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"data root {tmp_path / 'data' / 'small'}: no such folder" in err and "json" in err
+
+
+def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(tmp_path, capsys):
+    from PIL import Image
+
+    from ada_utils.data.images import LARGE_PIXELS, load_image
+
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (6000, 6000), (90, 140, 200)).save(path, quality=80)
+    assert 6000 * 6000 > LARGE_PIXELS
+    img = load_image(path)
+    assert img.size == (3000, 3000) and img.getpixel((10, 10))[2] > 180
+    assert f"{path}: 6000x6000 px decoded at 3000x3000 (JPEG scaling) to bound memory" in capsys.readouterr().err

@@ -78,7 +78,9 @@ def train_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, torch.get_num_threads()))
     ctx = distributed.setup(cfg.device)  # under torchrun: the process group and cuda:$LOCAL_RANK
     if args.data_root:
-        root = Path(args.data_root)
+        from ada_utils.data.abc import require_root
+
+        root = require_root(args.data_root)  # before the encoder loads: a wrong path fails at once
     else:
         from ada_utils.data import ensure_benchmark
 

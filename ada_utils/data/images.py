@@ -8,7 +8,6 @@ pixels are composited on white (what a browser shows). A corrupt or truncated fi
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -93,12 +92,13 @@ LARGE_PIXELS = 32_000_000
 
 
 def _draft_large(img: Image.Image, path: Path) -> None:
-    """Ask the JPEG decoder for a reduced scale when ``img`` is above :data:`LARGE_PIXELS` (one line says so)."""
+    """Ask the JPEG decoder for the mildest reduction (1/2, 1/4, 1/8) that brings ``img`` to at most
+    :data:`LARGE_PIXELS` (one line says so); smaller images and other formats are left alone."""
     w, h = img.size
     if w * h <= LARGE_PIXELS or img.format != "JPEG":
         return
-    k = math.sqrt(w * h / LARGE_PIXELS)
-    img.draft("RGB", (math.ceil(w / k), math.ceil(h / k)))
+    scale = next((s for s in (2, 4, 8) if (w // s) * (h // s) <= LARGE_PIXELS), 8)
+    img.draft("RGB", (-(-w // scale), -(-h // scale)))
     print(f"{path}: {w}x{h} px decoded at {img.size[0]}x{img.size[1]} (JPEG scaling) to bound memory",
           file=sys.stderr)
 
