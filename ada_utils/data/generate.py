@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -226,13 +227,16 @@ def ensure_benchmark(*, scale: str, seed: int = 0, root: Path | None = None, pho
             warnings.warn(f"{root} was built by another version of the generator; rebuild it with "
                           f"`ada data build --scale {scale} --seed {seed} --out {root} --overwrite`", stacklevel=2)
         return root
-    try:
+    from ada_utils.files import locked
+
+    # One builder at a time (two notebooks on a fresh machine): the second waits, then finds the root built.
+    with locked(root, waiting=f"[data] another process is building {root}: waiting for it, then using it") as waited:
+        if (root / "manifest.json").is_file():
+            if waited:
+                print(f"[data] using {root}, built by the other process", file=sys.stderr)
+            return root
         return build_benchmark(root, scale=scale, seed=seed, photos=photos, objects=objects, overwrite=True,
                                progress=progress)
-    except OSError:
-        if (root / "manifest.json").is_file():  # another process finished the same build first
-            return root
-        raise
 
 
 def benchmark_root(data_root: str | Path, *, scale: str, seed: int = 0) -> Path:
