@@ -9,6 +9,11 @@ bad image, then ran on a corrected list) are removed once idle for six hours (:f
 ``torchrun`` (``RANK``/``WORLD_SIZE``, read through ``ada_utils.distributed``) every rank embeds chunks
 ``rank, rank + world_size, ...`` into the same (shared) folder and rank 0 merges them; the ranks meet through files
 only, so no process group is needed.
+Several processes on one folder (a job array, two notebooks): a ``flock`` lock beside it (:func:`ada_utils.files.locked`)
+admits one writer, or the ranks of one torchrun job together; a second process waits, then reuses the finished cache
+(and says so) or resumes the chunks of one that stopped. The manifest records the size and SHA-256 of ``feats.npy``
+and ``ids.json``; a cache whose files no longer match is named and embedded again. The merge checks the free space
+first and writes as a stream (a full disk is an error naming the folder, never a signal in a memory map).
 Each image is embedded once per encoder + preprocessing (the book's reproducibility page: how the CPU book fits):
 a complete cache of the default tree also stores ``sources.json`` (each row's resolved file, size and modification
 time), and a new image list under the same encoder and plain preprocessing copies the rows that a sibling cache
@@ -202,6 +207,7 @@ class _Embedding:
                  on_error: OnError, *, sources: list[str] | None) -> None:
         self.encoder, self.paths, self.ids, self.folder, self.plan = encoder, paths, ids, folder, plan
         self.rank, self.world, self.sources = rank, world_size, sources
+        self.copied = 0  # rows copied from sibling caches instead of embedded (recorded in the manifest)
         self.chunk_dir = folder / "chunks"
         self.n_chunks = -(-len(paths) // chunk_size)
         self.rows = {c: range(c * chunk_size, min((c + 1) * chunk_size, len(paths))) for c in range(self.n_chunks)}
@@ -242,7 +248,7 @@ class _Embedding:
     def merge(self) -> None:
         """Concatenate the chunks into the finished cache (the caller holds the folder's exclusive lock)."""
         chunk_files = [self.chunk_file(c) for c in range(self.n_chunks)]
-        _merge(self.folder, chunk_files, self.ids, {**self.plan, "rows_from_other_lists": getattr(self, "copied", 0)},
+        _merge(self.folder, chunk_files, self.ids, {**self.plan, "rows_from_other_lists": self.copied},
                self.sources)
 
     def meet(self, timeout: float) -> None:
