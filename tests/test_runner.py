@@ -81,6 +81,15 @@ def test_copy_findings_puts_the_results_paragraph_where_the_intro_includes_it(tm
                                               "({doc}`../executed/07_mechanism`): Alignment does not beat whitening. "
                                               "The head is the limit.\n")
     assert "executed/findings.md" in (Path(__file__).parents[1] / "book" / "intro.md").read_text()
+    encoder = {"name": "efficientnet_lite0", "image_size": 128}
+    (src.parents[1] / "04_ablations").mkdir()
+    (src.parents[1] / "04_ablations" / "summary.json").write_text(json.dumps({"data_root": "small", "encoder": encoder}))
+    (mech.parent / "summary.json").write_text(json.dumps({"data_root": "small", "encoder": encoder}))
+    assert "Alignment does not beat whitening." in copy_findings(out).read_text()  # same data and encoder
+    (mech.parent / "summary.json").write_text(json.dumps({"data_root": "medium", "data": "embedded benchmark (medium)",
+                                                          "scale": "medium", "encoder": encoder}))
+    text = copy_findings(out).read_text()  # a params/ run of 07 never speaks for the book's numbers
+    assert "Alignment" not in text and "chapter 07's last run is on embedded benchmark (medium) (scale medium" in text
 
 
 def test_book_recomputes_runs_that_chapters_would_resume():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -165,7 +166,13 @@ def write_timings(out_dir: Path, times: dict[str, float]) -> None:
 def copy_findings(out_dir: Path) -> Path:
     """Copy the generated findings to where the intro includes them (``<out_dir>/findings.md``): the results
     chapter's (``runs/05_results/findings.md``), then the mechanism chapter's (``runs/07_mechanism/findings.md``) as
-    a last item; without a results run, a line saying so."""
+    a last item; without a results run, a line saying so.
+
+    The mechanism's finding is included only when its run (``summary.json``) was made on the data and encoder of the
+    results (``runs/04_ablations/summary.json``): a chapter 07 run at another scale or on another root (its
+    ``params/`` file) would otherwise speak for the book's numbers. Then a line says which run is there instead.
+    """
+    from ada_utils.files import read_json
     from ada_utils.project import runs_dir
 
     results, mechanism, dst = (runs_dir() / "05_results" / "findings.md", runs_dir() / "07_mechanism" / "findings.md",
@@ -173,10 +180,30 @@ def copy_findings(out_dir: Path) -> Path:
     text = (results.read_text() if results.is_file() else
             "*The findings appear here once the results chapter has run (`make book`).*\n")
     if mechanism.is_file():
-        text = text.rstrip("\n") + "\n- Where the alignment signal comes from ({doc}`../executed/07_mechanism`): " + " ".join(
-            mechanism.read_text().split("\n")).strip() + "\n"
+        other = _other_configuration(runs_dir() / "07_mechanism" / "summary.json",
+                                     runs_dir() / "04_ablations" / "summary.json", read_json)
+        finding = other or " ".join(mechanism.read_text().split("\n")).strip()
+        text = text.rstrip("\n") + "\n- Where the alignment signal comes from ({doc}`../executed/07_mechanism`): " + \
+            finding + "\n"
     dst.write_text(text)
     return dst
+
+
+def _other_configuration(mechanism: Path, ablations: Path, read_json: Callable[[Path], dict]) -> str:
+    """A line when the mechanism run and the results' run differ in data root or encoder, else ``""``."""
+    if not (mechanism.is_file() and ablations.is_file()):
+        return ""
+    a, b = read_json(mechanism), read_json(ablations)
+
+    def key(summary: dict) -> tuple:
+        enc = summary.get("encoder", {})
+        return summary.get("data_root"), enc.get("name"), enc.get("image_size")
+
+    if key(a) == key(b):
+        return ""
+    return (f"*chapter 07's last run is on {a.get('data', a.get('data_root'))} (scale {a.get('scale')}, "
+            f"{a.get('encoder', {}).get('name')}), not on the data of these results: re-run it with the book's "
+            "parameters (`make book`) to see its finding here.*")
 
 
 def write_profile(out_dir: Path) -> None:
