@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ada_utils.files import is_locked, locked, record_file, save_safetensors
+from ada_utils.files import locked, record_file, save_safetensors
 from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
 from ada_utils.train.config import TrainConfig, lambda_schedule, lr_schedule
@@ -155,11 +155,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     with contextlib.ExitStack() as hold:
         def prepare() -> bool:
             out_dir.mkdir(parents=True, exist_ok=True)
-            if distributed.rank_and_world()[1] > 1 and is_locked(out_dir):  # the other ranks wait in a collective
-                raise FileExistsError(f"{out_dir}: another process is training in this folder; wait for it to end, "
-                                      "or choose another --out")
             hold.enter_context(locked(out_dir, waiting=f"[train] another process is training in {out_dir}: waiting "
-                                      "for it to end, then this run checks the folder again"))
+                                      "for it to end, then this run resumes or reuses it"))
             return prepare_dir(out_dir, header, resume=resume, overwrite=overwrite)
 
         # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
@@ -197,14 +194,13 @@ def _train(cfg: TrainConfig, data: TrainData, out_dir: Path, ctx: distributed.Co
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
     run.open(ctx.rank, ctx.world, log)
     batches = StepBatches(stepper, range(start, total), run.weights)
-    stopped, stack, signals = total, contextlib.ExitStack(), _Signals()
+    stopped, stack = total, contextlib.ExitStack()
     loader = (batches[i] for i in range(len(batches))) if cfg.num_workers == 0 else torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda",
-        worker_init_fn=_ignore_signals)  # the main process alone acts on a signal (a checkpoint first)
+        batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
     try:
         bar = tqdm(zip(range(start, total), loader), total=total - start, desc=f"train {cfg.method}",
                    disable=not progress or ctx.rank != 0, leave=False)
-        stack.enter_context(signals)
+        signals = stack.enter_context(_Signals())
         for step, batch in bar:
             if signals.pending(ctx.device):
                 if run.writer is not None and step > start:
@@ -226,8 +222,6 @@ def _train(cfg: TrainConfig, data: TrainData, out_dir: Path, ctx: distributed.Co
     seconds = time.perf_counter() - t0
     tuned = encoder if cfg.finetune != "frozen" else None
     distributed.on_main(lambda: run.finish(heads, tuned, seconds, complete=stopped == total))
-    if signals.caught:  # it came with the last step or an early stop: the run is finished and saved, then it stops
-        raise KeyboardInterrupt(signals.name)
     return TrainResult(out_dir, heads.cpu().eval(), log, seconds, stopped)
 
 
@@ -396,13 +390,6 @@ class _Session:
             write_json(self.out_dir / "config.json", {**self.header, "status": "failed",
                                                       "error": f"diverged at step {step}, lr={cfg.lr}: {reason}"})
         return TrainingDivergedError(message)
-
-
-def _ignore_signals(worker: int) -> None:
-    """DataLoader workers ignore SIGINT, SIGTERM and SIGHUP (a scheduler signals every process): the main process
-    saves a checkpoint and stops them."""
-    for sig in _Signals.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 class _Signals:
