@@ -169,13 +169,18 @@ class DamagedFileError(ValueError):
     """A file the tool wrote no longer matches the record (size, SHA-256) taken when it was written."""
 
 
-def file_record(path: str | Path) -> dict[str, Any]:
-    """What :func:`check_record` compares later: the file's size, SHA-256 and modification time."""
-    st = os.stat(path)
-    return {"bytes": st.st_size, "sha256": sha256_file(path), "mtime_ns": st.st_mtime_ns}
-
-
 _VERIFIED: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256, this process
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """What :func:`check_record` compares later: the file's size, SHA-256 and modification time. The file is known
+    to match its record in this process, so the next check of the same file state does not hash it again (a run
+    checks its last checkpoint before each new one)."""
+    path = Path(path)
+    st = path.stat()
+    digest = sha256_file(path)
+    _VERIFIED[(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+    return {"bytes": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns}
 
 
 def check_record(path: str | Path, record: dict[str, Any] | None) -> str | None:
