@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -157,27 +156,29 @@ def test_a_damaged_head_is_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------- signals
-def _signal_when(path: Path, lines: int, sig: int, pid: int) -> threading.Thread:
-    def send() -> None:
-        _wait_for(lambda: path.is_file() and len(path.read_text().splitlines()) >= lines)
-        os.kill(pid, sig)
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread
-
-
-def test_sigterm_in_training_saves_the_last_step_and_resumes_to_identical_weights(tmp_path):
-    data, cfg = _data(), _cfg(method="ada", epochs=30, checkpoint_every=10_000)  # no scheduled checkpoint
-    full = train(cfg, data, tmp_path / "full", progress=False)
-    run = tmp_path / "run"
-    _signal_when(run / "log.jsonl", 5, signal.SIGTERM, os.getpid())
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
-        train(cfg, data, run, progress=False)
+def test_sigterm_in_training_saves_the_last_step_and_resumes_to_identical_weights(tmp_path, monkeypatch):
+    """A real SIGTERM, sent by the process to itself right after step 5 is taken (so the test never races the run)."""
+    from ada_utils.train import loop
     from ada_utils.train.run_folder import checkpoint_step
 
+    data, cfg = _data(), _cfg(method="ada", epochs=30, checkpoint_every=10_000)  # no scheduled checkpoint
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    run, update = tmp_path / "run", loop._Session.update
+
+    def update_then_signal(self, step: int, *args, **kwargs) -> dict:
+        rec = update(self, step, *args, **kwargs)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return rec
+
+    monkeypatch.setattr(loop._Session, "update", update_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train(cfg, data, run, progress=False)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers are restored
     step = checkpoint_step(run / "checkpoint.safetensors")
-    assert 5 <= step < full.steps and len((run / "log.jsonl").read_text().splitlines()) == step
+    assert step == 5 < full.steps and len((run / "log.jsonl").read_text().splitlines()) == step
+    monkeypatch.setattr(loop._Session, "update", update)
     resumed = train(cfg, data, run, resume=True, progress=False)
     for key, val in full.model.state_dict().items():
         assert torch.equal(val, resumed.model.state_dict()[key]), key
