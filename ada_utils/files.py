@@ -225,12 +225,13 @@ def recorded_damage(path: str | Path) -> str | None:
 
 
 @contextmanager
-def locked(target: str | Path, *, shared: bool = False, waiting: str = "") -> Iterator[bool]:
+def locked(target: str | Path, *, shared: bool = False, waiting: str = "", refuse: str = "") -> Iterator[bool]:
     """Hold an advisory lock on ``target`` (a folder or file; the lock is ``.<name>.lock`` beside it) while the
     block runs; yields whether another process held it first (this one waited for it).
 
     ``shared``: several holders at once (ranks of one torchrun job writing their own chunks); exclusive excludes
-    every other holder. ``waiting`` is printed (one line, stderr) when the lock is busy, before waiting for it.
+    every other holder. ``waiting`` is printed (one line, stderr) when the lock is busy, before waiting for it;
+    with ``refuse``, a busy lock raises :class:`FileExistsError` with that message instead of waiting.
     The lock is ``flock``'s: released by the kernel when its process dies, so a killed run never leaves it held.
     Lock files stay (deleting one while another process opens it would split the lock in two).
     """
@@ -246,6 +247,8 @@ def locked(target: str | Path, *, shared: bool = False, waiting: str = "") -> It
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
             waited = False
         except BlockingIOError:
+            if refuse:
+                raise FileExistsError(refuse) from None
             if waiting:
                 print(waiting, file=sys.stderr, flush=True)
             fcntl.flock(fd, mode)

@@ -164,14 +164,7 @@ def test_sigterm_in_training_saves_the_last_step_and_resumes_to_identical_weight
     data, cfg = _data(), _cfg(method="ada", epochs=30, checkpoint_every=10_000)  # no scheduled checkpoint
     full = train(cfg, data, tmp_path / "full", progress=False)
     run, update = tmp_path / "run", loop._Session.update
-
-    def update_then_signal(self, step: int, *args, **kwargs) -> dict:
-        rec = update(self, step, *args, **kwargs)
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return rec
-
-    monkeypatch.setattr(loop._Session, "update", update_then_signal)
+    _signal_at(monkeypatch, 4)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         train(cfg, data, run, progress=False)
@@ -182,6 +175,71 @@ def test_sigterm_in_training_saves_the_last_step_and_resumes_to_identical_weight
     resumed = train(cfg, data, run, resume=True, progress=False)
     for key, val in full.model.state_dict().items():
         assert torch.equal(val, resumed.model.state_dict()[key]), key
+
+
+def _signal_at(monkeypatch, step: int, sig: int = signal.SIGTERM) -> None:
+    """The process signals itself right after training step ``step`` is taken."""
+    from ada_utils.train import loop
+
+    update = loop._Session.update
+
+    def update_then_signal(self, at: int, *args, **kwargs) -> dict:
+        rec = update(self, at, *args, **kwargs)
+        if at == step:
+            os.kill(os.getpid(), sig)
+        return rec
+
+    monkeypatch.setattr(loop._Session, "update", update_then_signal)
+
+
+def test_a_signal_with_the_last_step_stops_after_the_run_is_saved(tmp_path, monkeypatch):
+    data, cfg = _data(), _cfg(method="ada", epochs=2)
+    steps = train(cfg, data, tmp_path / "full", progress=False).steps
+    _signal_at(monkeypatch, steps - 1)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train(cfg, data, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "finished"
+    assert (tmp_path / "run" / "head.safetensors").read_bytes() == (tmp_path / "full" / "head.safetensors").read_bytes()
+
+
+_TRAIN_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from test_train import _cfg, _data
+from ada_utils.train import train
+try:
+    train(_cfg(method="ada", epochs=100_000, checkpoint_every=10**9, num_workers=2), _data(), sys.argv[1],
+          progress=False)
+except KeyboardInterrupt as stop:
+    print("stopped by", stop, file=sys.stderr)
+    sys.exit(143)
+"""
+
+
+def test_sigterm_to_the_whole_job_with_dataloader_workers_still_checkpoints(tmp_path):
+    """A scheduler signals every process of the job: the DataLoader workers ignore it, the trainer checkpoints."""
+    run, log = tmp_path / "run", tmp_path / "err"
+    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_CHILD, str(run), str(REPO / "tests")], cwd=REPO,
+                            stderr=open(log, "w"), start_new_session=True)  # noqa: SIM115
+    try:
+        _wait_for(lambda: (run / "log.jsonl").is_file() and len((run / "log.jsonl").read_text().splitlines()) >= 5)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    from ada_utils.train.run_folder import checkpoint_step
+
+    err = log.read_text()
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert checkpoint_step(run / "checkpoint.safetensors") == len((run / "log.jsonl").read_text().splitlines())
+
+
+def test_a_busy_lock_is_refused_when_asked_instead_of_waited_for(tmp_path):
+    """What rank 0 does under torchrun with a folder another job trains in (its other ranks wait in a collective)."""
+    with locked(tmp_path / "r"), pytest.raises(FileExistsError, match="another process is training"):
+        with locked(tmp_path / "r", refuse=f"{tmp_path / 'r'}: another process is training in this folder"):
+            pass
 
 
 def test_sigterm_stops_a_command_with_the_resume_line(tiny_root, tmp_path):
@@ -226,6 +284,20 @@ def test_a_symlink_out_of_the_root_is_refused_naming_link_and_target(tiny_root, 
         assert main(["data", "check", "--data-root", str(root), case]) == 0
 
 
+def test_a_distractor_linked_out_of_the_root_is_refused(tiny_root, tmp_path):
+    from ada_utils.data.abc import LinkOutsideRootError, distractor_dir, list_distractors
+
+    root, outside = tmp_path / "root", tmp_path / "outside.jpg"
+    shutil.copytree(tiny_root, root)
+    link = list_distractors(root)[0]
+    shutil.copy(link, outside)
+    link.unlink()
+    link.symlink_to(outside)
+    with pytest.raises(LinkOutsideRootError, match=f"{link} -> {outside.resolve()}"):
+        list_distractors(root, n=3)
+    assert distractor_dir(root).is_dir()
+
+
 def test_nan_weights_are_named_and_never_taken_for_undecodable_images(tmp_path, tiny_root):
     from safetensors.torch import save_file
 
@@ -254,7 +326,7 @@ def test_run_folders_follow_what_the_run_computes(tmp_path):
     collision, no ``overwrite``; the same configuration finds its finished run again and reuses it."""
     import dataclasses
 
-    from ada_utils.train.run_folder import run_name
+    from ada_utils.train.run_folder import find_run, run_name
 
     data, cfg = _data(), _cfg(method="ada")
     other_features, other_setting = _data(seed=1), _cfg(method="ada", lam=3.0)
@@ -267,6 +339,12 @@ def test_run_folders_follow_what_the_run_computes(tmp_path):
     again = train(cfg, data, tmp_path / names[0], resume=True, progress=False)
     assert again.seconds == 0.0 and torch.equal(again.model.state_dict()["real.linear.weight"],
                                                 first.model.state_dict()["real.linear.weight"])
+    # 03 records the root's name, `ada train` its path as given: find_run reads both as the same folder
+    (tmp_path / names[0] / "metrics.json").write_text(json.dumps({"data_root": "some/where/tiny"}))
+    (tmp_path / names[2] / "metrics.json").write_text(json.dumps({"data_root": "tiny"}))
+    assert find_run(tmp_path, root=Path("elsewhere/tiny"), method="ada") == tmp_path / names[2]  # the newest
+    assert find_run(tmp_path, root=Path("tiny"), method="ada", lam=1.0) == tmp_path / names[0]
+    assert find_run(tmp_path, root=Path("small"), method="ada") is None
 
 
 def test_a_damaged_calibrator_is_named(tmp_path):
@@ -326,14 +404,15 @@ def test_a_missing_data_root_is_named_before_anything_loads(tmp_path, capsys):
     assert code == 2 and f"data root {tmp_path / 'data' / 'small'}: no such folder" in err and "json" in err
 
 
-def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(tmp_path, capsys):
+@pytest.mark.parametrize("side", [6000, 6001])
+def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(tmp_path, capsys, side):
     from PIL import Image
 
     from ada_utils.data.images import LARGE_PIXELS, load_image
 
-    path = tmp_path / "huge.jpg"
-    Image.new("RGB", (6000, 6000), (90, 140, 200)).save(path, quality=80)
-    assert 6000 * 6000 > LARGE_PIXELS
+    path, half = tmp_path / "huge.jpg", -(-side // 2)
+    Image.new("RGB", (side, side), (90, 140, 200)).save(path, quality=80)
+    assert side * side > LARGE_PIXELS
     img = load_image(path)
-    assert img.size == (3000, 3000) and img.getpixel((10, 10))[2] > 180
-    assert f"{path}: 6000x6000 px decoded at 3000x3000 (JPEG scaling) to bound memory" in capsys.readouterr().err
+    assert img.size == (half, half) and img.getpixel((10, 10))[2] > 180
+    assert f"{path}: {side}x{side} px decoded at {half}x{half} (JPEG scaling) to bound memory" in capsys.readouterr().err

@@ -252,7 +252,9 @@ def list_distractors(root: str | Path, *, n: int | None = None, layout: Layout =
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
     if n is not None and n > len(files):
         raise ValueError(f"{folder}: distractors={n} requested but only {len(files)} images exist")
-    return files if n is None else files[:n]
+    files = files if n is None else files[:n]
+    check_inside(files, root, source=folder)  # a linked distractor is read like any other file
+    return files
 
 
 def load_test_case(path: str | Path, *, root: str | Path, distractors: int | None = None,
@@ -280,7 +282,7 @@ def load_test_case(path: str | Path, *, root: str | Path, distractors: int | Non
     if check:
         named = [p for m in models for p in m.exemplars] + [p for q in queries.values() for p in q]
         check_files(named, source=path)
-        check_inside(named + listed, root, source=path)
+        check_inside(named, root, source=path)  # the distractors: checked by list_distractors
     return TestCase(path.stem, path, root, models, queries,
                     {k: np.asarray(v, dtype=np.int64) for k, v in owner.items()}, listed)
 

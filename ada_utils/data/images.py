@@ -98,7 +98,7 @@ def _draft_large(img: Image.Image, path: Path) -> None:
     if w * h <= LARGE_PIXELS or img.format != "JPEG":
         return
     scale = next((s for s in (2, 4, 8) if (w // s) * (h // s) <= LARGE_PIXELS), 8)
-    img.draft("RGB", (-(-w // scale), -(-h // scale)))
+    img.draft("RGB", (w // scale, h // scale))  # Pillow takes the scale as w // size: exact for any w
     print(f"{path}: {w}x{h} px decoded at {img.size[0]}x{img.size[1]} (JPEG scaling) to bound memory",
           file=sys.stderr)
 

@@ -155,8 +155,12 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, *, encoder: to
     with contextlib.ExitStack() as hold:
         def prepare() -> bool:
             out_dir.mkdir(parents=True, exist_ok=True)
-            hold.enter_context(locked(out_dir, waiting=f"[train] another process is training in {out_dir}: waiting "
-                                      "for it to end, then this run resumes or reuses it"))
+            # Under torchrun the other ranks wait in a collective meanwhile: a busy folder is refused at once.
+            torchrun = distributed.rank_and_world()[1] > 1
+            hold.enter_context(locked(
+                out_dir, waiting=f"[train] another process is training in {out_dir}: waiting for it to end, then "
+                "this run checks the folder again", refuse=f"{out_dir}: another process is training in this folder; "
+                "wait for it to end, or choose another --out" if torchrun else ""))
             return prepare_dir(out_dir, header, resume=resume, overwrite=overwrite)
 
         # Rank 0 checks (and with overwrite empties) the folder; its verdict, or its error, reaches every rank.
@@ -194,13 +198,14 @@ def _train(cfg: TrainConfig, data: TrainData, out_dir: Path, ctx: distributed.Co
     distributed.barrier()  # every rank has read the checkpoint and the log before rank 0 rewrites them
     run.open(ctx.rank, ctx.world, log)
     batches = StepBatches(stepper, range(start, total), run.weights)
-    stopped, stack = total, contextlib.ExitStack()
+    stopped, stack, signals = total, contextlib.ExitStack(), _Signals()
     loader = (batches[i] for i in range(len(batches))) if cfg.num_workers == 0 else torch.utils.data.DataLoader(
-        batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
+        batches, batch_size=None, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda",
+        worker_init_fn=_ignore_signals)  # the main process alone acts on a signal (a checkpoint first)
     try:
         bar = tqdm(zip(range(start, total), loader), total=total - start, desc=f"train {cfg.method}",
                    disable=not progress or ctx.rank != 0, leave=False)
-        signals = stack.enter_context(_Signals())
+        stack.enter_context(signals)
         for step, batch in bar:
             if signals.pending(ctx.device):
                 if run.writer is not None and step > start:
@@ -222,6 +227,8 @@ def _train(cfg: TrainConfig, data: TrainData, out_dir: Path, ctx: distributed.Co
     seconds = time.perf_counter() - t0
     tuned = encoder if cfg.finetune != "frozen" else None
     distributed.on_main(lambda: run.finish(heads, tuned, seconds, complete=stopped == total))
+    if signals.pending(ctx.device):  # it came with the last step or an early stop: the run is saved, then it stops
+        raise KeyboardInterrupt(signals.name)
     return TrainResult(out_dir, heads.cpu().eval(), log, seconds, stopped)
 
 
@@ -390,6 +397,13 @@ class _Session:
             write_json(self.out_dir / "config.json", {**self.header, "status": "failed",
                                                       "error": f"diverged at step {step}, lr={cfg.lr}: {reason}"})
         return TrainingDivergedError(message)
+
+
+def _ignore_signals(worker: int) -> None:
+    """DataLoader workers ignore SIGINT, SIGTERM and SIGHUP (a scheduler signals every process): the main process
+    saves a checkpoint and stops them."""
+    for sig in _Signals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _Signals:

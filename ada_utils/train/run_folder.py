@@ -60,7 +60,8 @@ def find_run(folder: Path, *, root: Path, **config: object) -> Path | None:
         saved = header.get("config", {})
         if header.get("status") != "finished" or any(saved.get(k) != v for k, v in config.items()):
             continue
-        if metrics.is_file() and read_json(metrics).get("data_root") == Path(root).name:
+        # 03 records the root's name, ada train its path: both name the same folder
+        if metrics.is_file() and Path(str(read_json(metrics).get("data_root"))).name == Path(root).name:
             found.append(path.parent)
     return max(found, key=lambda run: (run / "config.json").stat().st_mtime_ns, default=None)
 
@@ -76,7 +77,8 @@ def run_header(cfg: TrainConfig, data: TrainData, rows: np.ndarray, model: Domai
 
 # Everything a run writes into its folder (what ``overwrite`` deletes).
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint.safetensors", "checkpoint.prev.safetensors", "head.safetensors",
-             "encoder.safetensors", "encoder.json", "validation.jsonl", "best.safetensors", "checksums.json")
+             "encoder.safetensors", "encoder.json", "validation.jsonl", "best.safetensors", "checksums.json",
+             "metrics.json")
 PREV = "checkpoint.prev.safetensors"
 
 
@@ -150,7 +152,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if scaler is not None and scaler.is_enabled():
         meta["grad_scaler"] = {k: float(v) if torch.is_tensor(v) else v for k, v in scaler.state_dict().items()}
     _keep_previous(path)
-    ensure_space(path.parent, sum(t.numel() * t.element_size() for t in tensors.values()), f"the checkpoint {path.name}")
+    need = sum(t.numel() * t.element_size() for t in tensors.values())
+    ensure_space(path.parent, need, f"the checkpoint {path.name}")
     record_file(save_safetensors(path, tensors, {"json": json.dumps(meta)}))
 
 
