@@ -117,11 +117,14 @@ def write_atomic(path: str | Path, write: Any, *, mode: str = "wb") -> Path:
     return path
 
 
-def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
-    """``safetensors.torch.save_file`` atomically (:func:`write_atomic`): a full disk names the file."""
+def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None, *,
+                     record: bool = False) -> Path:
+    """``safetensors.torch.save_file`` atomically (:func:`write_atomic`): a full disk names the file. With
+    ``record``, through :func:`write_recorded` (a file the tool trusts later)."""
     from safetensors.torch import save
 
-    return write_atomic(path, lambda fh: fh.write(save(tensors, metadata=metadata)))
+    data = save(tensors, metadata=metadata)
+    return write_recorded(path, data) if record else write_atomic(path, lambda fh: fh.write(data))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -208,20 +211,48 @@ def check_record(path: str | Path, record: dict[str, Any] | None) -> str | None:
 CHECKSUMS = "checksums.json"  # a run folder's records of the files it trusts later: {name: file_record}
 
 
-def record_file(path: str | Path) -> None:
-    """Add ``path``'s :func:`file_record` to ``checksums.json`` in its folder (one writer per folder: rank 0)."""
+def _records(folder: Path) -> dict[str, dict[str, Any]]:
+    index = folder / CHECKSUMS
+    return read_json(index) if index.is_file() else {}
+
+
+def _set_record(folder: Path, name: str, record: dict[str, Any]) -> None:
+    """``name``'s record becomes ``record``; the state it had stays accepted (``was``) until the next write, so a
+    process killed between recording a write and making it leaves the file's old, intact state trusted."""
+    records = _records(folder)
+    old = records.get(name)
+    records[name] = {**record, "was": {k: old[k] for k in ("bytes", "sha256")} if old else None}
+    write_json(folder / CHECKSUMS, records)
+
+
+def write_recorded(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically with its size + SHA-256 record in ``checksums.json`` beside it (one
+    writer per folder: rank 0). The record is written first, from the bytes in memory: a kill at any moment leaves
+    the file at a state its record accepts (the old one or the new one), never one that looks damaged."""
     path = Path(path)
-    index = path.parent / CHECKSUMS
-    records = read_json(index) if index.is_file() else {}
-    records[path.name] = file_record(path)
-    write_json(index, records)
+    digest = hashlib.sha256(data).hexdigest()
+    _set_record(path.parent, path.name, {"bytes": len(data), "sha256": digest})
+    write_atomic(path, lambda fh: fh.write(data))
+    st = path.stat()
+    _VERIFIED[(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+    return path
+
+
+def copy_record(folder: str | Path, name: str, to: str | Path) -> None:
+    """``to`` gets ``name``'s record (a hard link or a copy of it is about to take ``to``'s place)."""
+    record = _records(Path(folder)).get(name)
+    if record is not None:
+        _set_record(Path(folder), str(to), {k: record[k] for k in ("bytes", "sha256")})
 
 
 def recorded_damage(path: str | Path) -> str | None:
     """Why ``path`` no longer matches its record in ``checksums.json`` beside it (None: intact, or no record)."""
     path = Path(path)
-    index = path.parent / CHECKSUMS
-    return check_record(path, read_json(index).get(path.name)) if index.is_file() else None
+    record = _records(path.parent).get(path.name)
+    if record is None:
+        return None
+    damage = check_record(path, record)
+    return damage if damage is None or not record.get("was") or check_record(path, record["was"]) else None
 
 
 @contextmanager

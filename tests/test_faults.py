@@ -142,6 +142,30 @@ def test_a_damaged_checkpoint_names_the_previous_intact_one(tmp_path):
         assert torch.equal(val, resumed.model.state_dict()[key]), key
 
 
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from ada_utils import files
+files.write_recorded(sys.argv[1], b"first state " * 100)
+replace = os.replace
+os.replace = lambda src, dst: (os.kill(os.getpid(), signal.SIGKILL) if str(dst) == sys.argv[1]  # after the
+                               else replace(src, dst))  # record, before the rename of the file itself
+files.write_recorded(sys.argv[1], b"second state " * 100)
+"""
+
+
+def test_a_kill_between_record_and_rename_leaves_the_file_trusted(tmp_path):
+    from ada_utils.files import recorded_damage, write_recorded
+
+    path = tmp_path / "head.safetensors"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(path)], cwd=REPO, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL and path.read_bytes() == b"first state " * 100
+    assert json.loads((tmp_path / "checksums.json").read_text())["head.safetensors"]["bytes"] == 1300  # recorded
+    assert recorded_damage(path) is None  # the old state is what the record still accepts
+    write_recorded(path, b"third " * 10)
+    path.write_bytes(b"first state " * 100)  # a state older than the last two writes is damage
+    assert "1200 bytes, but 60 were written" in recorded_damage(path)
+
+
 def test_a_damaged_head_is_named(tmp_path):
     from ada_utils.train.run_folder import load_head
 

@@ -258,10 +258,10 @@ def save_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> Path:
     if path.suffix != ".safetensors":
         raise ValueError(f"our checkpoints end in .safetensors, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from ada_utils.files import record_file, save_safetensors, write_atomic
+    from ada_utils.files import save_safetensors, write_atomic
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    record_file(save_safetensors(path, tensors, {"format": OUR_FORMAT}))
+    save_safetensors(path, tensors, {"format": OUR_FORMAT}, record=True)
     config = {"format": OUR_FORMAT, "version": OUR_VERSION, "spec": dict(encoder.spec)}
     write_atomic(sidecar_json(path), lambda fh: fh.write(json.dumps(config, indent=1, sort_keys=True) + "\n"), mode="w")
     return path

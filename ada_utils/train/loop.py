@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ada_utils.files import locked, record_file, save_safetensors
+from ada_utils.files import locked, save_safetensors
 from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
 from ada_utils.train.config import TrainConfig, lambda_schedule, lr_schedule
@@ -375,8 +375,8 @@ class _Session:
 
         if self.opt is not None and complete:
             save_checkpoint(self.ckpt, self.model, self.opt, self.stepper, self.total, self.scaler)
-        record_file(save_safetensors(self.out_dir / "head.safetensors",
-                                     {k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()}))
+        save_safetensors(self.out_dir / "head.safetensors",
+                         {k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()}, record=True)
         if encoder is not None:
             from ada_utils.encoders.checkpoints import save_encoder_checkpoint
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
-from ada_utils.files import DamagedFileError, ensure_space, record_file, recorded_damage, save_safetensors
+from ada_utils.files import DamagedFileError, copy_record, ensure_space, recorded_damage, save_safetensors
 from ada_utils.heads import DomainHeads
 from ada_utils.train.config import RESUME_FREE
 
@@ -154,7 +154,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     _keep_previous(path)
     need = sum(t.numel() * t.element_size() for t in tensors.values())
     ensure_space(path.parent, need, f"the checkpoint {path.name}")
-    record_file(save_safetensors(path, tensors, {"json": json.dumps(meta)}))
+    save_safetensors(path, tensors, {"json": json.dumps(meta)}, record=True)
 
 
 def _keep_previous(path: Path) -> None:
@@ -162,20 +162,13 @@ def _keep_previous(path: Path) -> None:
     record, before the new one replaces it: a checkpoint damaged later still has an intact predecessor."""
     import os
 
-    from ada_utils.files import CHECKSUMS, read_json, write_json
-
     if not path.is_file() or recorded_damage(path):
         return
-    prev = path.with_name(PREV)
     link = path.with_name(f".{PREV}.link")
     link.unlink(missing_ok=True)
     os.link(path, link)
-    os.replace(link, prev)
-    index = path.parent / CHECKSUMS
-    records = read_json(index) if index.is_file() else {}
-    if path.name in records:
-        records[PREV] = records[path.name]
-        write_json(index, records)
+    copy_record(path.parent, path.name, PREV)  # first: a kill before the rename leaves the old PREV accepted
+    os.replace(link, path.with_name(PREV))
 
 
 def checkpoint_step(path: Path) -> int:
@@ -188,14 +181,13 @@ def checkpoint_step(path: Path) -> int:
 
 def _was_previous(path: Path) -> bool:
     """Whether ``path`` matches the record of ``checkpoint.prev.safetensors`` (then it becomes ``path``'s record)."""
-    from ada_utils.files import CHECKSUMS, check_record, read_json, write_json
+    from ada_utils.files import CHECKSUMS, check_record, read_json
 
     index = path.parent / CHECKSUMS
     records = read_json(index) if index.is_file() else {}
     if PREV not in records or check_record(path, records[PREV]) is not None:
         return False
-    records[path.name] = records[PREV]
-    write_json(index, records)
+    copy_record(path.parent, PREV, path.name)
     return True
 
 

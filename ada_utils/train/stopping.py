@@ -89,9 +89,9 @@ class EarlyStopping:
         if improved:
             self.best_state = {k: v.detach().cpu().clone().contiguous() for k, v in heads.state_dict().items()}
             if self.out_dir is not None:
-                from ada_utils.files import record_file, save_safetensors
+                from ada_utils.files import save_safetensors
 
-                record_file(save_safetensors(self.out_dir / BEST, self.best_state, {"step": str(step)}))
+                save_safetensors(self.out_dir / BEST, self.best_state, {"step": str(step)}, record=True)
         if self.out_dir is not None:
             with open(self.out_dir / CURVE, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.curve)
