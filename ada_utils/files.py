@@ -91,6 +91,17 @@ def _space_error(path: Path, err: OSError) -> NoSpaceError:
                         "write elsewhere (ADA_CACHE for caches, --out for runs); nothing finished was lost")
 
 
+@contextmanager
+def space_errors(path: str | Path) -> Iterator[None]:
+    """Writes to ``path`` in the block that fail for lack of space raise :class:`NoSpaceError` naming it."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in _SPACE_ERRNOS and not isinstance(err, NoSpaceError):
+            raise _space_error(Path(path), err) from err
+        raise
+
+
 def write_atomic(path: str | Path, write: Any, *, mode: str = "wb") -> Path:
     """Write ``path`` atomically: ``write(file)`` fills a private temporary file beside it, which then replaces
     ``path`` in one rename (a crash never leaves half a file; two writers never share a temporary name).
@@ -100,20 +111,16 @@ def write_atomic(path: str | Path, write: Any, *, mode: str = "wb") -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno in _SPACE_ERRNOS and not isinstance(err, NoSpaceError):
-            raise _space_error(path, err) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with space_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, mode) as fh:
+                write(fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 

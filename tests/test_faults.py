@@ -85,6 +85,22 @@ def test_a_file_size_limit_names_the_folder_and_keeps_what_was_finished(tmp_path
     assert encoder.images == 0 and again.feats.shape == (40, 1024)  # ... and the re-run only merges them
 
 
+def test_a_file_size_limit_in_training_names_the_log_and_the_run_resumes(tmp_path):
+    data, cfg = _data(), _cfg(method="ada", epochs=40, checkpoint_every=10**9)
+    run = tmp_path / "run"
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8000, old_limit[1]))  # config.json fits, the log outgrows it
+    try:
+        with pytest.raises(NoSpaceError, match=rf"{run}: cannot write log.jsonl: File too large"):
+            train(cfg, data, run, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    resumed = train(cfg, data, run, resume=True, progress=False)
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    assert torch.equal(resumed.model.state_dict()["real.linear.weight"], full.model.state_dict()["real.linear.weight"])
+
+
 def _small_disk(path: Path, size: str) -> bool:
     path.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ada_utils.files import locked, save_safetensors
+from ada_utils.files import locked, save_safetensors, space_errors
 from ada_utils.heads import DomainHeads
 from ada_utils.train.run_folder import load_checkpoint, prepare_dir, read_log, run_header, save_checkpoint, load_head
 from ada_utils.train.config import TrainConfig, lambda_schedule, lr_schedule
@@ -209,7 +209,7 @@ def _train(cfg: TrainConfig, data: TrainData, out_dir: Path, ctx: distributed.Co
         for step, batch in bar:
             if signals.pending(ctx.device):
                 if run.writer is not None and step > start:
-                    run.writer.flush()  # the log holds every step before the checkpoint's
+                    run.write_log([], flush=True)  # the log holds every step before the checkpoint's
                     save_checkpoint(run.ckpt, run.model, run.opt, stepper, step, run.scaler)
                 raise KeyboardInterrupt(signals.name)
             if stop_at is not None and step == stop_at:
@@ -320,9 +320,17 @@ class _Session:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
         if rank == 0:
-            self.writer = open(self.out_dir / "log.jsonl", "w")  # noqa: SIM115 (closed by close())
+            with space_errors(self.out_dir / "log.jsonl"):
+                self.writer = open(self.out_dir / "log.jsonl", "w")  # noqa: SIM115 (closed by close())
             write_json(self.out_dir / "config.json", self.header)
-            self.writer.writelines(json.dumps(r) + "\n" for r in log)
+            self.write_log(log)
+
+    def write_log(self, records: list[dict], *, flush: bool = False) -> None:
+        """Rank 0: append ``records`` to ``log.jsonl`` (a full disk names it: :class:`NoSpaceError`)."""
+        with space_errors(self.out_dir / "log.jsonl"):
+            self.writer.writelines(json.dumps(r) + "\n" for r in records)
+            if flush:
+                self.writer.flush()
 
     def update(self, step: int, batch: dict, log: list[dict], done: int) -> dict:
         """One optimiser step on ``batch``; returns its log record (written, and checkpointed on schedule).
@@ -358,15 +366,16 @@ class _Session:
         rec = {"step": step, "epoch": step // stepper.steps_per_epoch, "lr": float(self.lrs[step]), "loss": value,
                **parts}
         if self.writer is not None:
-            self.writer.write(json.dumps(rec) + "\n")
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < self.total:
-                self.writer.flush()
+            due = (step + 1) % cfg.checkpoint_every == 0 and step + 1 < self.total
+            self.write_log([rec], flush=due)
+            if due:
                 save_checkpoint(self.ckpt, self.model, opt, stepper, step + 1, self.scaler)
         return rec
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with space_errors(self.out_dir / "log.jsonl"):
+                self.writer.close()
 
     def finish(self, heads: DomainHeads, encoder: torch.nn.Module | None, seconds: float, *, complete: bool) -> None:
         """Rank 0: the final checkpoint (a run that took its whole budget), the heads, a fine-tuned encoder, and the

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
-from ada_utils.files import DamagedFileError, copy_record, ensure_space, recorded_damage, save_safetensors
+from ada_utils.files import (DamagedFileError, copy_record, ensure_space, recorded_damage, save_safetensors,
+                             space_errors)
 from ada_utils.heads import DomainHeads
 from ada_utils.train.config import RESUME_FREE
 
@@ -166,7 +167,8 @@ def _keep_previous(path: Path) -> None:
         return
     link = path.with_name(f".{PREV}.link")
     link.unlink(missing_ok=True)
-    os.link(path, link)
+    with space_errors(link):
+        os.link(path, link)
     copy_record(path.parent, path.name, PREV)  # first: a kill before the rename leaves the old PREV accepted
     os.replace(link, path.with_name(PREV))
 

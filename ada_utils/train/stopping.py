@@ -93,8 +93,10 @@ class EarlyStopping:
 
                 save_safetensors(self.out_dir / BEST, self.best_state, {"step": str(step)}, record=True)
         if self.out_dir is not None:
-            with open(self.out_dir / CURVE, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.curve)
+            from ada_utils.files import write_atomic
+
+            write_atomic(self.out_dir / CURVE, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.curve),
+                         mode="w")
         since = [r for r in self.curve[self.curve.index(self.best) + 1:] if r["step"] >= self.warmup]
         return step >= self.warmup and len(since) >= self.patience
 
