@@ -117,7 +117,9 @@ def write_atomic(path: str | Path, write: Any, *, mode: str = "wb") -> Path:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, mode) as fh:
                 write(fh)
-            os.replace(tmp, path)
+                fh.flush()
+                os.fsync(fh.fileno())  # the bytes reach the disk before the name does (a power cut never shows
+            os.replace(tmp, path)      # the new name with missing content)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -186,11 +188,15 @@ def file_record(path: str | Path) -> dict[str, Any]:
     """What :func:`check_record` compares later: the file's size, SHA-256 and modification time. The file is known
     to match its record in this process, so the next check of the same file state does not hash it again (a run
     checks its last checkpoint before each new one)."""
+    return known_record(path, sha256_file(path))
+
+
+def known_record(path: str | Path, sha256: str) -> dict[str, Any]:
+    """:func:`file_record` of a file whose SHA-256 the writer computed while writing it (no second read)."""
     path = Path(path)
     st = path.stat()
-    digest = sha256_file(path)
-    _VERIFIED[(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
-    return {"bytes": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns}
+    _VERIFIED[(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)] = sha256
+    return {"bytes": st.st_size, "sha256": sha256, "mtime_ns": st.st_mtime_ns}
 
 
 def check_record(path: str | Path, record: dict[str, Any] | None) -> str | None:
@@ -240,8 +246,7 @@ def write_recorded(path: str | Path, data: bytes) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     _set_record(path.parent, path.name, {"bytes": len(data), "sha256": digest})
     write_atomic(path, lambda fh: fh.write(data))
-    st = path.stat()
-    _VERIFIED[(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+    known_record(path, digest)
     return path
 
 
@@ -294,24 +299,6 @@ def locked(target: str | Path, *, shared: bool = False, waiting: str = "", refus
         yield waited
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def is_locked(target: str | Path) -> bool:
-    """Whether a live process holds :func:`locked` on ``target`` now."""
-    import fcntl
-
-    target = Path(target)
-    lock = target.parent / f".{target.name}.lock"
-    if not lock.is_file():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def run_dir(notebook: str, variant: str, seed: int) -> Path:

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision import transforms
 
 from ada_utils.encoders import embed_images, load_features
+from ada_utils.files import locked
 
 PREPROCESS = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()])
 
@@ -251,4 +252,9 @@ def test_abandoned_partial_caches_are_removed_and_live_ones_kept(tmp_path):
         for p in [folders[name], *folders[name].rglob("*")]:
             os.utime(p, (old, old))
     assert remove_abandoned(tmp_path, keep=folders["keep"]) == [folders["old"]]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "keep", "other", "recent"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["done", "keep", "other",
+                                                                                        "recent"]  # (lock files stay)
+    with locked(folders["done"].parent / "recent"):  # a live writer holds it: never deleted, however old its files
+        for p in [folders["recent"], *folders["recent"].rglob("*")]:
+            os.utime(p, (old, old))
+        assert remove_abandoned(tmp_path, keep=folders["keep"]) == []

@@ -67,6 +67,16 @@ def test_two_processes_on_one_cache_both_finish_and_one_reuses(tiny_root, tmp_pa
 
 
 # ----------------------------------------------------------------------------- a full disk
+def test_a_killed_writers_temporary_chunk_does_not_stop_the_merge(tmp_path, tiny_root):
+    images = sorted((tiny_root / "dataset").rglob("*.jpg"))[:40]
+    encoder, cache = TinyEncoder(), tmp_path / "cache"
+    (cache / "chunks").mkdir(parents=True)
+    (cache / "chunks" / ".000001.npy.x1y2z3.tmp").write_bytes(b"half a chunk")  # what SIGKILL mid-write leaves
+    feats = embed_images(encoder, images, cache=cache, chunk_size=32, progress=False)
+    assert feats.feats.shape[0] == 40 and (cache / "manifest.json").is_file() and not (cache / "chunks").exists()
+    assert load_features(cache).feats.shape[0] == 40
+
+
 def test_a_file_size_limit_names_the_folder_and_keeps_what_was_finished(tmp_path, tiny_root):
     images = sorted((tiny_root / "dataset").rglob("*.jpg"))[:40]
     encoder, cache = TinyEncoder(dim=1024), tmp_path / "cache"

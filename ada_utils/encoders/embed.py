@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -42,8 +43,8 @@ from tqdm.auto import tqdm
 from ada_utils.data import ImageDecodeError, ImageListDataset
 from ada_utils.data.abc import listed
 from ada_utils.data.images import OnError
-from ada_utils.files import (DamagedFileError, check_record, ensure_space, file_record, is_locked, locked, read_json,
-                             save_npy, write_atomic, write_json)
+from ada_utils.files import (DamagedFileError, check_record, ensure_space, file_record, known_record, locked,
+                             read_json, save_npy, write_atomic, write_json)
 
 FORMAT = 1  # manifest format version
 
@@ -319,18 +320,19 @@ def remove_abandoned(parent: Path, *, keep: Path, idle_s: float = ABANDONED_S) -
     run; one of another list (a run that failed on a bad image, then ran on a corrected list) would otherwise stay
     on disk for ever. Returns the removed folders.
     """
-    import shutil
-
     removed, now = [], time.time()
     for folder in parent.iterdir():
-        if folder == keep or not folder.is_dir() or (folder / "manifest.json").exists() or is_locked(folder):
+        if folder == keep or not folder.is_dir() or (folder / "manifest.json").exists():
             continue
         if not (folder / "progress.json").is_file():
             continue
-        newest = max(p.stat().st_mtime for p in folder.rglob("*"))
-        if now - newest > idle_s:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+        try:
+            with locked(folder, refuse="in use"):  # held while deleting: no process resumes it meanwhile
+                if now - max(p.stat().st_mtime for p in folder.rglob("*")) > idle_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+        except FileExistsError:  # a live process writes there
+            continue
     return removed
 
 
@@ -530,14 +532,16 @@ def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict, so
     dim = int(np.load(chunk_files[0], mmap_mode="r").shape[1])
     ensure_space(folder, len(ids) * dim * 4, f"the merged feature cache ({len(ids):,} x {dim} float32)")
     skipped: list[str] = []
+    digest = hashlib.sha256()  # of the bytes as they are written: the record needs no second read
 
     def write(fh: Any) -> None:
-        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), dim)})
+        out = _Hashing(fh, digest)
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), dim)})
         row = 0
         for f in chunk_files:
             chunk = np.load(f)
             skipped.extend(ids[row + i] for i in np.flatnonzero(~np.isfinite(chunk).all(1)))
-            fh.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+            out.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
             row += len(chunk)
         if row != len(ids):
             raise ValueError(f"{folder / 'chunks'}: the chunks hold {row} rows for {len(ids)} images; delete {folder} "
@@ -547,13 +551,23 @@ def _merge(folder: Path, chunk_files: list[Path], ids: list[str], plan: dict, so
     write_json(folder / "ids.json", ids)
     if sources is not None:
         write_json(folder / SOURCES, sources)
-    checks = {name: file_record(folder / name) for name in ("feats.npy", "ids.json")}
+    checks = {"feats.npy": known_record(folder / "feats.npy", digest.hexdigest()),
+              "ids.json": file_record(folder / "ids.json")}
     write_json(folder / "manifest.json", {**plan, "format": FORMAT, "dim": dim, "skipped": skipped, "checks": checks,
                                           "files": {"feats": "feats.npy", "ids": "ids.json"}})
-    for f in chunk_files:
-        f.unlink()
-    chunk_files[0].parent.rmdir()
+    shutil.rmtree(chunk_files[0].parent)  # with any temporary file a killed writer left (no writer holds the lock)
     (folder / "progress.json").unlink(missing_ok=True)
+
+
+class _Hashing:
+    """A binary file's ``write`` that also feeds ``digest``."""
+
+    def __init__(self, fh: Any, digest: Any) -> None:
+        self.fh, self.digest = fh, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
 
 
 def _check(path: Path, found: dict, plan: dict) -> None:
