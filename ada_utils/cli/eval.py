@@ -50,8 +50,16 @@ COMMANDS = {"embed": "embed images once into a feature cache (feats.npy + ids + 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``embed``, ``eval`` and ``attribute`` to the ``ada`` command line."""
     p = subparsers.add_parser("embed", help=COMMANDS["embed"])
-    p.add_argument("images", nargs="+", help="image files or folders (recursive, sorted)")
-    p.add_argument("--cache", type=Path, default=None, help="cache folder (default cache/features/<hash>/<hash>)")
+    p.add_argument("images", nargs="+", help="image files or folders (recursive, sorted); with --shards also "
+                   "webdataset .tar shards or folders of them")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cache", type=Path, default=None, help="cache folder (default cache/features/<hash>/<hash>)")
+    where.add_argument("--shards", type=Path, default=None, metavar="OUT",
+                       help="write one feature shard per input shard into OUT (training-set scale; under torchrun "
+                       "or a job array the processes share the shards)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="with --shards: feature type")
+    p.add_argument("--shard-size", type=int, default=10_000,
+                   help="with --shards and image files: images per output shard (tar shards keep their own)")
     _encoder_args(p)
     p.set_defaults(func=_embed)
 
@@ -91,10 +99,29 @@ def _embed(args: argparse.Namespace) -> int:
     from ada_utils.eval.attribute import image_files
     from ada_utils.encoders import embed_images
 
+    if args.shards is not None:
+        return _embed_shards(args)
+
     out = embed_images(_load_encoder(args), image_files(args.images), cache=args.cache, batch_size=args.batch_size,
                        num_workers=args.num_workers, on_error=args.on_error)
     print(f"{out.feats.shape[0]} x {out.feats.shape[1]} features in {out.path}")
     _print_skipped({"images": out.skipped}, "their rows are NaN in feats.npy and listed in manifest.json")
+    return 0
+
+
+def _embed_shards(args: argparse.Namespace) -> int:
+    from ada_utils.distributed import rank_and_world
+    from ada_utils.encoders.sharded import embed_shards, open_shards, shard_inputs
+
+    inputs = shard_inputs(args.images, shard_size=args.shard_size)
+    rank = rank_and_world()[0]
+    out = embed_shards(_load_encoder(args), inputs, args.shards, dtype=args.dtype, batch_size=args.batch_size,
+                       on_error=args.on_error, rank=rank)
+    if rank == 0:
+        found = open_shards(out)
+        skipped = sum(s["skipped"] for s in found.manifest["shards"])
+        print(f"{found.rows} x {found.manifest['dim']} {args.dtype} features in {len(inputs)} shards in {out}"
+              + (f" ({skipped} samples skipped: listed in {out / 'ids'})" if skipped else ""))
     return 0
 
 

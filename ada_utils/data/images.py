@@ -64,24 +64,34 @@ def load_image(path: str | Path, *, on_error: OnError = "raise") -> Image.Image 
     Returns:
         The RGB image (fully loaded; the file is closed), or ``None`` for an unreadable file with ``"skip"``.
     """
-    path = Path(path)
+    return _decode(Path(path), Path(path), on_error)
+
+
+def decode_image(data: bytes, name: str, *, on_error: OnError = "raise") -> Image.Image | None:
+    """:func:`load_image` of an image held in memory (a sample of a tar shard); ``name`` is what errors cite."""
+    import io
+
+    return _decode(io.BytesIO(data), name, on_error)
+
+
+def _decode(source: Any, name: str | Path, on_error: OnError) -> Image.Image | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large images: handled below
-            with Image.open(path) as img:
-                _draft_large(img, path)
+            with Image.open(source) as img:
+                _draft_large(img, name)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)
     except Image.DecompressionBombError as err:
         if on_error == "skip":
             return None
-        raise ImageDecodeError(f"{path}: {err.args[0].split(' exceeds')[0]} exceeds the decoder's memory bound of "
+        raise ImageDecodeError(f"{name}: {err.args[0].split(' exceeds')[0]} exceeds the decoder's memory bound of "
                                f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels; downscale the file first") from err
     except (OSError, ValueError, SyntaxError) as err:
         if on_error == "skip":
             return None
-        raise ImageDecodeError(f"{path}: cannot decode image ({type(err).__name__}: {err}); "
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(err).__name__}: {err}); "
                                f"re-download or delete the file") from err
 
 
@@ -91,7 +101,7 @@ def load_image(path: str | Path, *, on_error: OnError = "raise") -> Image.Image 
 LARGE_PIXELS = 32_000_000
 
 
-def _draft_large(img: Image.Image, path: Path) -> None:
+def _draft_large(img: Image.Image, path: str | Path) -> None:
     """Ask the JPEG decoder for the mildest reduction (1/2, 1/4, 1/8) that brings ``img`` to at most
     :data:`LARGE_PIXELS` (one line says so); smaller images and other formats are left alone."""
     w, h = img.size

@@ -1,0 +1,270 @@
+"""Embedding at training-set scale: inputs in shards, features out in shards, any number of processes and nodes.
+
+``embed_shards`` writes one output shard per input shard: webdataset tars as img2dataset writes them (each
+sample's key is its id), or a list of image files cut into shards of ``shard_size``. A finished shard is
+``emb/<name>.npy`` (rows x D, float16 by default: half the disk, and a cosine moves by about 1e-3) and
+``ids/<name>.json`` (its ids, the samples skipped, the record of its array), each written atomically, the ids
+file last: a shard is done exactly when its ids file exists, so a killed job resumes shard by shard.
+
+Processes share the work through the file system alone (no collective): each takes the next shard nobody holds
+(a lock per shard), so the ranks of a torchrun job (``--nnodes`` with a shared folder), a job array, or two
+jobs started by hand divide the shards between them, and a shard's features never depend on who embedded it.
+The process that finds every shard done writes ``manifest.json``. The folder reads back with
+:func:`open_shards` as numpy memory maps, or with embedding-reader (``EmbeddingReader(folder + "/emb",
+file_format="npy")``), which reads a folder of ``.npy`` files in name order as this module writes them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ada_utils.data.images import OnError, decode_image, load_image
+from ada_utils.data.shards import list_shards, read_shard
+from ada_utils.encoders.embed import _padded, auto_batch_size, encoder_key
+from ada_utils.files import DamagedFileError, check_record, file_record, locked, read_json, save_npy, write_json
+
+FORMAT = 1
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    """One input shard: a tar (``tar``) or a slice of an image list (``files`` with their ids)."""
+
+    name: str
+    tar: Path | None = None
+    files: tuple[Path, ...] = ()
+    ids: tuple[str, ...] = ()
+
+    def images(self, on_error: OnError) -> Iterator[tuple[str, Any]]:
+        """``(id, RGB image or None)`` per sample (None: undecodable, with ``on_error="skip"``)."""
+        if self.tar is not None:
+            for key, data in read_shard(self.tar, on_error=on_error):
+                yield key, decode_image(data, f"{self.tar}:{key}", on_error=on_error)
+        else:
+            for id_, path in zip(self.ids, self.files):
+                yield id_, load_image(path, on_error=on_error)
+
+    def expected(self) -> int | None:
+        """The sample count, where known before reading (img2dataset's ``<name>_stats.json``, or the list)."""
+        if self.tar is None:
+            return len(self.files)
+        stats = self.tar.with_name(f"{self.tar.stem}_stats.json")
+        return int(read_json(stats).get("successes", 0)) or None if stats.is_file() else None
+
+
+def shard_inputs(items: Sequence[str | Path], *, shard_size: int = 10_000) -> list[ShardInput]:
+    """Tar shards (``.tar`` files, or folders holding them) or image files and folders cut into ``shard_size``."""
+    items = [Path(i) for i in items]
+    tars = [i for i in items if i.suffix == ".tar" or (i.is_dir() and any(i.glob("*.tar")))]
+    if tars:
+        if len(tars) != len(items):
+            raise ValueError("give either tar shards (or folders of them) or image files and folders, not both")
+        return [ShardInput(t.stem, tar=t) for t in list_shards(items)]
+    from ada_utils.eval.attribute import image_files
+
+    files = image_files(items)
+    if shard_size < 1:
+        raise ValueError(f"--shard-size {shard_size}: must be at least 1")
+    return [ShardInput(f"{i // shard_size:05d}", files=tuple(files[i:i + shard_size]),
+                       ids=tuple(p.as_posix() for p in files[i:i + shard_size]))
+            for i in range(0, len(files), shard_size)]
+
+
+def embed_shards(encoder: nn.Module, inputs: Sequence[ShardInput], out: str | Path, *, dtype: str = "float16",
+                 batch_size: int | None = None, on_error: OnError = "raise", rank: int = 0,
+                 progress: bool = True, timeout: float = 7 * 24 * 3600) -> Path:
+    """Embed every input shard into ``out`` (see the module docstring); returns ``out`` once all are done.
+
+    Each process starts at shard ``rank`` and takes every shard that is neither done nor held by another process,
+    then waits for those held elsewhere. Raises ``ValueError`` when ``out`` holds shards of another encoder,
+    preprocessing or dtype.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    out = Path(out)
+    plan = {**encoder_key(encoder), "dtype": dtype, "format": FORMAT, "shards": [s.name for s in inputs]}
+    _start(out, plan)
+    order = list(inputs[rank % len(inputs):]) + list(inputs[:rank % len(inputs)])
+    busy = [s for s in order if not _take(encoder, s, out, plan, batch_size, on_error, rank, progress, wait=False)]
+    for shard in busy:  # held by another process: wait for its lock, then it is done (or resumed here)
+        _take(encoder, shard, out, plan, batch_size, on_error, rank, progress, wait=True)
+    _finish(out, plan, inputs, timeout)
+    return out
+
+
+def _start(out: Path, plan: dict) -> None:
+    """Create ``out`` with its plan, or check that the plan found there is this one."""
+    found = out / "plan.json"
+    if found.is_file():
+        old = read_json(found)
+        for key in ("encoder", "encoder_state_sha256", "layout", "transform", "dtype", "shards"):
+            if old.get(key) != plan[key]:
+                raise ValueError(f"{out}: holds shards embedded with another {key} ({old.get(key)!r} vs "
+                                 f"{plan[key]!r}): choose another output folder, or delete this one")
+        return
+    (out / "emb").mkdir(parents=True, exist_ok=True)
+    (out / "ids").mkdir(exist_ok=True)
+    with locked(found):
+        if not found.is_file():
+            write_json(found, plan)
+
+
+def shard_done(out: Path, name: str) -> bool:
+    """Whether shard ``name`` is finished in ``out`` and its array matches its record."""
+    ids = out / "ids" / f"{name}.json"
+    if not ids.is_file():
+        return False
+    damage = check_record(out / "emb" / f"{name}.npy", read_json(ids)["emb"])
+    if damage:
+        print(f"{damage}: this shard is embedded again", file=sys.stderr)
+        ids.unlink()
+    return damage is None
+
+
+def _take(encoder: nn.Module, shard: ShardInput, out: Path, plan: dict, batch_size: int | None, on_error: OnError,
+          rank: int, progress: bool, *, wait: bool) -> bool:
+    """Embed ``shard`` unless it is done; False when another process holds it (and ``wait`` is False)."""
+    emb = out / "emb" / f"{shard.name}.npy"
+    try:
+        with locked(emb, refuse="" if wait else "held"):
+            if not shard_done(out, shard.name):
+                _embed_one(encoder, shard, out, plan, batch_size, on_error, rank, progress)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _embed_one(encoder: nn.Module, shard: ShardInput, out: Path, plan: dict, batch_size: int | None,
+               on_error: OnError, rank: int, progress: bool) -> None:
+    """Embed one shard and write its array, then its ids file (the mark that it is done)."""
+    from tqdm.auto import tqdm
+
+    batch_size = batch_size or auto_batch_size(encoder)
+    device = next(encoder.parameters()).device
+    layout = torch.channels_last if plan["layout"] == "channels_last" else torch.contiguous_format
+    ids, skipped, rows, pending = [], [], [], []
+    was_training = encoder.training
+    encoder.eval().to(memory_format=layout)
+
+    def flush() -> None:
+        x = torch.stack([t for _, t in pending])
+        with torch.inference_mode():
+            feats = encoder(_padded(x, batch_size).to(device).contiguous(memory_format=layout))[:len(x)]
+        feats = feats.float().cpu().numpy()
+        if not np.isfinite(feats).all():
+            raise ValueError(f"{shard.tar or shard.files[0]}: the encoder returned NaN/Inf for decoded images "
+                             f"(first: {pending[int(np.flatnonzero(~np.isfinite(feats).all(1))[0])][0]}): check "
+                             "its weights")
+        rows.append(feats.astype(plan["dtype"]))
+        ids.extend(i for i, _ in pending)
+        pending.clear()
+
+    start = time.perf_counter()
+    with tqdm(total=shard.expected(), desc=f"[rank {rank}] {shard.name}", unit="img", position=rank,
+              disable=not progress, leave=False) as bar:
+        try:
+            for id_, img in shard.images(on_error):
+                if img is None:
+                    skipped.append(id_)
+                    continue
+                pending.append((id_, encoder.preprocess(img)))
+                if len(pending) == batch_size:
+                    flush()
+                    bar.update(batch_size)
+            if pending:
+                bar.update(len(pending))
+                flush()
+        finally:
+            encoder.train(was_training)
+    if not ids:
+        raise ValueError(f"{shard.tar or shard.name}: no sample of this shard could be embedded")
+    emb = save_npy(out / "emb" / f"{shard.name}.npy", np.concatenate(rows))
+    write_json(out / "ids" / f"{shard.name}.json", {"ids": ids, "skipped": skipped, "emb": file_record(emb),
+                                                    "seconds": round(time.perf_counter() - start, 3), "rank": rank})
+
+
+def _finish(out: Path, plan: dict, inputs: Sequence[ShardInput], timeout: float) -> None:
+    """Once every shard is done (other processes may still write theirs): ``manifest.json``, once."""
+    deadline = time.monotonic() + timeout
+    while not all((out / "ids" / f"{s.name}.json").is_file() for s in inputs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{out}: waited {timeout:.0f} s for the other processes' shards")
+        time.sleep(0.5)
+    manifest = out / "manifest.json"
+    with locked(manifest):
+        if manifest.is_file():
+            return
+        shards = []
+        for s in inputs:
+            info = read_json(out / "ids" / f"{s.name}.json")
+            shards.append({"name": s.name, "rows": len(info["ids"]), "skipped": len(info["skipped"])})
+        dim = int(np.load(out / "emb" / f"{inputs[0].name}.npy", mmap_mode="r").shape[1])
+        write_json(manifest, {**plan, "dim": dim, "rows": sum(s["rows"] for s in shards), "shards": shards})
+
+
+@dataclass
+class ShardedFeatures:
+    """A finished shard folder: ``ids`` in shard order, ``arrays`` one read-only memory map per shard."""
+
+    path: Path
+    ids: list[str]
+    arrays: list[np.ndarray]
+    manifest: dict
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+    def rows_at(self, index: np.ndarray) -> np.ndarray:
+        """Float32 rows at global positions ``index`` (any order), read from the memory maps."""
+        index = np.asarray(index, dtype=np.int64)
+        starts = np.cumsum([0] + [len(a) for a in self.arrays])
+        shard = np.searchsorted(starts, index, side="right") - 1
+        out = np.empty((len(index), self.arrays[0].shape[1]), dtype=np.float32)
+        for s in np.unique(shard):
+            hit = shard == s
+            out[hit] = self.arrays[s][index[hit] - starts[s]]
+        return out
+
+
+def open_shards(folder: str | Path) -> ShardedFeatures:
+    """Open a finished shard folder (its arrays checked against their records by size; SHA-256 on request by
+    :func:`verify_shards`)."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{folder}: no manifest.json: not a finished shard folder (ada embed --shards "
+                                "writes it once every shard is done; re-run that command to finish it)")
+    manifest = read_json(manifest_path)
+    ids, arrays = [], []
+    for shard in manifest["shards"]:
+        info = read_json(folder / "ids" / f"{shard['name']}.json")
+        emb = folder / "emb" / f"{shard['name']}.npy"
+        if not emb.is_file() or emb.stat().st_size != info["emb"]["bytes"]:
+            raise DamagedFileError(f"{emb}: missing or of another size than written: re-run the ada embed --shards "
+                                   "command (it embeds this shard again)")
+        ids += info["ids"]
+        arrays.append(np.load(emb, mmap_mode="r"))
+    return ShardedFeatures(folder, ids, arrays, manifest)
+
+
+def verify_shards(folder: str | Path) -> list[str]:
+    """The shards of ``folder`` whose ids file is missing or whose array no longer matches its SHA-256 record
+    (empty: all intact)."""
+    folder = Path(folder)
+    bad = []
+    for shard in read_json(folder / "manifest.json")["shards"]:
+        ids = folder / "ids" / f"{shard['name']}.json"
+        if not ids.is_file() or check_record(folder / "emb" / f"{shard['name']}.npy", read_json(ids)["emb"]):
+            bad.append(shard["name"])
+    return bad

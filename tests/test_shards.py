@@ -1,0 +1,140 @@
+"""Webdataset tar shards in, feature shards out: the reader (a damaged tar included), resumption shard by shard,
+agreement with the feature cache, and two torchrun processes equal to one."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ada_utils.data.shards import ShardError, list_shards, read_shard, sample_key
+from ada_utils.encoders import embed_images
+from ada_utils.encoders.sharded import embed_shards, open_shards, shard_inputs, verify_shards
+from test_embed import TinyEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_shards(images: list[Path], folder: Path, per_shard: int) -> list[Path]:
+    """img2dataset's layout: ``<shard>.tar`` of ``<key>.jpg/.txt/.json`` samples and ``<shard>_stats.json``; the
+    first shard also holds a failed download (a sample with no image)."""
+    folder.mkdir(parents=True)
+    shards = []
+    for s in range(0, len(images), per_shard):
+        path = folder / f"{s // per_shard:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            if s == 0:
+                _add(tar, f"{s // per_shard:05d}9999.json", b'{"status": "failed_to_download"}')
+            for i, image in enumerate(images[s:s + per_shard]):
+                key = f"{s // per_shard:05d}{i:04d}"
+                _add(tar, f"{key}.jpg", image.read_bytes())
+                _add(tar, f"{key}.txt", f"caption {key}".encode())
+                _add(tar, f"{key}.json", json.dumps({"key": key}).encode())
+        (folder / f"{path.stem}_stats.json").write_text(json.dumps({"successes": len(images[s:s + per_shard])}))
+        shards.append(path)
+    return shards
+
+
+@pytest.fixture()
+def jpgs(tiny_root: Path) -> list[Path]:
+    return sorted((tiny_root / "dataset").rglob("*.jpg"))[:30]
+
+
+def test_the_reader_follows_webdatasets_keys_and_skips_samples_without_an_image(jpgs, tmp_path):
+    shards = make_shards(jpgs, tmp_path / "tars", per_shard=12)
+    assert list_shards([tmp_path / "tars"]) == shards and len(shards) == 3
+    samples = [s for shard in shards for s in read_shard(shard)]
+    assert [k for k, _ in samples[:2]] == ["000000000", "000000001"] and len(samples) == 30
+    assert all(data == src.read_bytes() for (_, data), src in zip(samples, jpgs))
+    assert sample_key("a/b/x.seg.png") == ("a/b/x", "seg.png") and sample_key("README") is None
+
+
+def test_a_damaged_tar_is_named_or_cut_at_the_damage(jpgs, tmp_path, capsys):
+    shard = make_shards(jpgs, tmp_path / "tars", per_shard=30)[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ShardError, match=rf"{shard}: damaged tar shard after sample '\d{{9}}' .*--on-error skip"):
+        list(read_shard(shard))
+    kept = list(read_shard(shard, on_error="skip"))
+    assert 5 < len(kept) < 30 and all(d == src.read_bytes() for (_, d), src in zip(kept, jpgs))
+    assert "the rest of this shard is left out" in capsys.readouterr().err
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ShardError, match="before its first sample"):
+        list(read_shard(tmp_path / "junk.tar"))
+
+
+def test_shards_resume_one_by_one_and_match_the_feature_cache(jpgs, tmp_path):
+    encoder, out = TinyEncoder(), tmp_path / "out"
+    shards = make_shards(jpgs, tmp_path / "tars", per_shard=12)
+    embed_shards(encoder, shard_inputs(shards), out, dtype="float32", batch_size=4, progress=False)
+    found = open_shards(out)
+    assert found.rows == 30 and found.ids[0] == "000000000" and found.manifest["shards"][2]["rows"] == 6
+    reference = embed_images(encoder, jpgs, cache=tmp_path / "cache", batch_size=4, progress=False).feats
+    np.testing.assert_allclose(found.rows_at(np.arange(30)), reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(found.rows_at(np.array([29, 3, 12])), np.asarray(reference)[[29, 3, 12]])
+    before = found.rows_at(np.arange(30))
+    # a lost ids file and a damaged array: exactly those two shards are embedded again
+    (out / "ids" / "00001.json").unlink()
+    emb = out / "emb" / "00002.npy"
+    emb.write_bytes(emb.read_bytes()[:-8] + bytes(8))
+    assert verify_shards(out) == ["00001", "00002"]
+    (out / "manifest.json").unlink()
+    encoder.images = 0
+    embed_shards(encoder, shard_inputs(shards), out, dtype="float32", batch_size=4, progress=False)
+    assert encoder.images == 12 + 6 and verify_shards(out) == []
+    np.testing.assert_array_equal(open_shards(out).rows_at(np.arange(30)), before)
+    with pytest.raises(ValueError, match="another dtype"):
+        embed_shards(encoder, shard_inputs(shards), out, dtype="float16", progress=False)
+
+
+def test_image_lists_are_cut_into_shards_and_bad_samples_follow_on_error(jpgs, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    inputs = shard_inputs([*jpgs[:9], bad], shard_size=4)
+    assert [s.name for s in inputs] == ["00000", "00001", "00002"] and len(inputs[2].files) == 2
+    out = embed_shards(TinyEncoder(), inputs, tmp_path / "out", on_error="skip", progress=False)
+    found = open_shards(out)
+    assert found.rows == 9 and found.arrays[0].dtype == np.float16
+    assert json.loads((out / "ids" / "00002.json").read_text())["skipped"] == [bad.as_posix()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_torchrun_processes_write_the_shards_of_one(jpgs, tmp_path):
+    """``torchrun --nproc_per_node 2 -m ada_utils embed TARS --shards OUT``: the same shards as one process."""
+    shards = make_shards(jpgs, tmp_path / "tars", per_shard=8)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    common = ["-m", "ada_utils", "embed", str(tmp_path / "tars"), "--image-size", "32", "--batch-size", "4"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", *common, "--shards", str(tmp_path / "two")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = subprocess.run([sys.executable, *common, "--shards", str(tmp_path / "one")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-4000:]
+    assert f"30 x 1280 float16 features in {len(shards)} shards" in one.stdout
+    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two" / "ids").glob("*.json")}
+    assert ranks == {0, 1}  # both processes took shards
+    a, b = open_shards(tmp_path / "one"), open_shards(tmp_path / "two")
+    assert a.ids == b.ids
+    np.testing.assert_array_equal(a.rows_at(np.arange(30)), b.rows_at(np.arange(30)))
+    shutil.rmtree(tmp_path / "tars")
