@@ -22,7 +22,7 @@ import signal
 import sys
 
 # Modules that add subcommands, in the order ``ada --help`` lists them.
-CLI_MODULES = ("data", "eval", "train", "book")
+CLI_MODULES = ("data", "eval", "index", "train", "book")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

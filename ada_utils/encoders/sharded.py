@@ -186,11 +186,34 @@ def _embed_one(encoder: nn.Module, shard: ShardInput, out: Path, plan: dict, bat
                 flush()
         finally:
             encoder.train(was_training)
-    if not ids:
-        raise ValueError(f"{shard.tar or shard.name}: no sample of this shard could be embedded")
-    emb = save_npy(out / "emb" / f"{shard.name}.npy", np.concatenate(rows))
-    write_json(out / "ids" / f"{shard.name}.json", {"ids": ids, "skipped": skipped, "emb": file_record(emb),
-                                                    "seconds": round(time.perf_counter() - start, 3), "rank": rank})
+    feats = np.concatenate(rows) if rows else np.zeros((0, encoder.dim), dtype=plan["dtype"])
+    write_shard(out, shard.name, feats, ids, skipped=skipped, seconds=time.perf_counter() - start, rank=rank)
+
+
+def write_shard(out: Path, name: str, feats: np.ndarray, ids: list[str], *, skipped: list[str] = (),
+                seconds: float = 0.0, rank: int = 0) -> None:
+    """Write one finished shard: its array, then its ids file (the mark that it is done)."""
+    if len(feats) != len(ids):
+        raise ValueError(f"shard {name}: {len(feats)} rows for {len(ids)} ids")
+    emb = save_npy(out / "emb" / f"{name}.npy", feats)
+    write_json(out / "ids" / f"{name}.json", {"ids": list(ids), "skipped": list(skipped), "emb": file_record(emb),
+                                              "seconds": round(seconds, 3), "rank": rank})
+
+
+def write_feature_shards(out: str | Path, arrays: Sequence[np.ndarray], ids: Sequence[Sequence[str]], *,
+                         source: dict[str, Any], dtype: str = "float16") -> Path:
+    """A shard folder of features computed elsewhere (drawn vectors for a benchmark, another tool's embeddings):
+    ``source`` stands for the encoder key in the plan (it names where the vectors come from)."""
+    out = Path(out)
+    names = [f"{i:05d}" for i in range(len(arrays))]
+    plan = {"encoder": source, "encoder_state_sha256": None, "layout": None, "transform": None, "dtype": dtype,
+            "format": FORMAT, "shards": names}
+    _start(out, plan)
+    for name, arr, shard_ids in zip(names, arrays, ids):
+        if not (out / "ids" / f"{name}.json").is_file():
+            write_shard(out, name, np.asarray(arr, dtype=dtype), list(shard_ids))
+    _finish(out, plan, [ShardInput(n) for n in names], timeout=0)
+    return out
 
 
 def _finish(out: Path, plan: dict, inputs: Sequence[ShardInput], timeout: float) -> None:
@@ -208,7 +231,8 @@ def _finish(out: Path, plan: dict, inputs: Sequence[ShardInput], timeout: float)
         for s in inputs:
             info = read_json(out / "ids" / f"{s.name}.json")
             shards.append({"name": s.name, "rows": len(info["ids"]), "skipped": len(info["skipped"])})
-        dim = int(np.load(out / "emb" / f"{inputs[0].name}.npy", mmap_mode="r").shape[1])
+        first = out / "emb" / f"{inputs[0].name}.npy"
+        dim = int(np.load(first, mmap_mode="r" if shards[0]["rows"] else None).shape[1])  # (an empty file: no map)
         write_json(manifest, {**plan, "dim": dim, "rows": sum(s["rows"] for s in shards), "shards": shards})
 
 
@@ -254,7 +278,7 @@ def open_shards(folder: str | Path) -> ShardedFeatures:
             raise DamagedFileError(f"{emb}: missing or of another size than written: re-run the ada embed --shards "
                                    "command (it embeds this shard again)")
         ids += info["ids"]
-        arrays.append(np.load(emb, mmap_mode="r"))
+        arrays.append(np.load(emb, mmap_mode="r" if info["ids"] else None))  # (an empty file: no map)
     return ShardedFeatures(folder, ids, arrays, manifest)
 
 

@@ -1,0 +1,240 @@
+"""An approximate nearest-neighbour index over a shard folder, chosen from a memory budget, built out of core.
+
+The rules follow autofaiss's (whose defaults users of LAION indexes know), applied with faiss's own
+``index_factory`` so that every choice is visible in ``params.json`` (autofaiss itself is not a dependency: its
+pinned faiss and pyarrow versions clash with ours, and its choices are a few lines). For N vectors of D dims:
+
+- ``Flat`` (exact) when N <= 100,000 and N x D x 4 bytes fit the budget: nothing to gain from approximation;
+- ``IVF<nlist>,Flat`` when N < 1M and the raw vectors fit: exact distances inside the probed lists;
+- ``OPQ<m>_<4m>,IVF<nlist>_HNSW32,PQ<m>x8`` beyond: m bytes per vector, m the largest of 256 ... 8 whose codes
+  (plus ids) fit the budget; the coarse quantiser is an HNSW graph over the centroids.
+
+``nlist`` is the power of two nearest to 4 sqrt(N) (faiss's guideline: 4 to 16 sqrt(N)); the quantiser trains on
+``min(N, max(100 nlist, 9,984))`` vectors (9,984 = 39 per centroid of a PQ codebook, faiss's minimum) drawn
+from the whole gallery with the seed. The index is filled shard by shard: each
+shard's part is written to ``parts/`` and the parts are merged into one on-disk inverted-list file
+(``faiss.contrib.ondisk.merge_ondisk``) that queries read memory-mapped, so the build never holds more than one
+shard's vectors; ``in_memory=True`` builds one index in RAM instead (the same vectors, the same results). The
+search parameter (``nprobe``, or ``efSearch``) is the smallest whose 10-recall@10 against exact search reaches
+``target_recall`` on ``n_queries`` vectors drawn from the gallery (each finds itself in both searches; the
+attribution a user cares about is measured by ``bench/bench_index.py``). The inverted-list file is named
+beside ``index.faiss`` and opened from there, so the folder can be moved or shared as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ada_utils.files import ensure_space, read_json, write_json
+
+FLAT_MAX = 100_000
+IVF_FLAT_MAX = 1_000_000
+PQ_BYTES = (256, 128, 96, 64, 48, 32, 16, 8)
+
+
+def parse_bytes(text: str) -> int:
+    """``"4GB"``, ``"512MiB"``, ``"2e9"`` -> bytes (decimal and binary units alike: GB = GiB here, as autofaiss)."""
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = body[-1] if body and body[-1] in units else ""
+    try:
+        value = float(body[:-1] if unit else body)
+    except ValueError:
+        raise ValueError(f"--memory {text!r}: give a size such as 4GB, 512MB or 2e9") from None
+    if value <= 0:
+        raise ValueError(f"--memory {text!r}: must be positive")
+    return int(value * units[unit])
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """The factory string, why it was chosen, and the bytes its vectors take in memory."""
+
+    factory: str
+    rule: str
+    nlist: int
+    index_bytes: int
+
+
+def choose_index(n: int, d: int, memory: int) -> IndexChoice:
+    """The index for ``n`` vectors of ``d`` dims under ``memory`` bytes (the rules of the module docstring)."""
+    flat = n * d * 4
+    nlist = max(1, 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+    if n <= FLAT_MAX and flat <= memory:
+        return IndexChoice("Flat", f"N = {n:,} <= {FLAT_MAX:,} and the vectors fit: exact search", 0, flat)
+    ids = 8 * n
+    if n < IVF_FLAT_MAX and flat + ids <= memory:
+        return IndexChoice(f"IVF{nlist},Flat", f"N = {n:,} < 1M and the raw vectors fit ({flat + ids:,} bytes)",
+                           nlist, flat + ids)
+    for m in PQ_BYTES:
+        if 4 * m <= d and n * m + ids <= memory:
+            return IndexChoice(f"OPQ{m}_{4 * m},IVF{nlist}_HNSW32,PQ{m}x8",
+                               f"the raw vectors ({flat:,} bytes) exceed the budget or N >= 1M: {m}-byte codes",
+                               nlist, n * m + ids)
+    raise ValueError(f"--memory {memory:,} bytes: too little for {n:,} vectors even at 8 bytes each "
+                     f"({8 * n + ids:,} bytes needed)")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.array(x, dtype=np.float32, order="C")
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def _sample(feats: Any, count: int, seed: int) -> np.ndarray:
+    rows = np.sort(np.random.default_rng(seed).choice(feats.rows, size=min(count, feats.rows), replace=False))
+    return _unit(feats.rows_at(rows))
+
+
+def exact_search(feats: Any, queries: np.ndarray, k: int, *, block: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top ``k`` of unit ``queries`` over every shard, block by block (memory: one block)."""
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    start = 0
+    for arr in feats.arrays:
+        for lo in range(0, len(arr), block):
+            scores = queries @ _unit(arr[lo:lo + block]).T
+            best_s = np.concatenate([best_s, scores], axis=1)
+            best_i = np.concatenate([best_i, np.broadcast_to(np.arange(start + lo, start + lo + len(scores[0])),
+                                                             scores.shape)], axis=1)
+            keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+        start += len(arr)
+    return best_s, best_i
+
+
+def knn_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """k-recall@k: the share of the exact top k that the approximate top k holds."""
+    k = exact.shape[1]
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(found, exact)]))
+
+
+def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: str | None = None,
+                in_memory: bool = False, target_recall: float = 0.95, n_queries: int = 500, seed: int = 0,
+                progress: bool = True) -> Path:
+    """Build the index of the shard folder ``shards`` into ``out`` (``index.faiss``, ``params.json``)."""
+    import faiss
+    from tqdm.auto import tqdm
+
+    from ada_utils.encoders.sharded import open_shards
+
+    feats, out, t0 = open_shards(shards), Path(out).resolve(), time.perf_counter()
+    n, d = feats.rows, int(feats.manifest["dim"])
+    choice = choose_index(n, d, memory) if factory is None else IndexChoice(factory, "given (--factory)", 0, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_space(out, choice.index_bytes, f"the index {choice.factory}")
+    index = faiss.index_factory(d, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = _ivf(index)
+    if not index.is_trained:  # about 100 points per list, and 39 per centroid of a PQ's 256 (faiss's minimum)
+        index.train(_sample(feats, max(100 * (ivf.nlist if ivf is not None else 0), 39 * 256), seed))
+    offsets = np.cumsum([0] + [len(a) for a in feats.arrays])
+    bar = tqdm(total=n, desc="index", unit="vec", disable=not progress)
+    if ivf is None or in_memory:
+        for s, arr in enumerate(feats.arrays):
+            _add(index, arr, offsets[s], ivf is not None)
+            bar.update(len(arr))
+        faiss.write_index(index, str(out / "index.faiss"))
+    else:
+        _build_on_disk(index, feats, offsets, out, bar)
+    bar.close()
+    index = open_index(out, params=False)
+    param, curve = _tune(index, feats, target_recall, n_queries, seed)
+    params = {"factory": choice.factory, "rule": choice.rule, "rows": n, "dim": d, "memory_budget": memory,
+              "index_bytes": choice.index_bytes, "on_disk": ivf is not None and not in_memory,
+              "search": param, "recall_curve": curve, "target_recall": target_recall, "n_queries": n_queries,
+              "seed": seed, "build_seconds": round(time.perf_counter() - t0, 2), "shards": str(Path(shards)),
+              "encoder": feats.manifest.get("encoder"), "dtype": feats.manifest.get("dtype")}
+    write_json(out / "params.json", params)
+    return out
+
+
+def _ivf(index: Any) -> Any:
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _add(index: Any, arr: np.ndarray, start: int, with_ids: bool) -> None:
+    x = _unit(arr)
+    if with_ids:
+        index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+    else:
+        index.add(x)
+
+
+def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar: Any) -> None:
+    """One part per shard in ``parts/``, merged into ``index.ivfdata`` (read memory-mapped at query time)."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    parts = out / "parts"
+    parts.mkdir(exist_ok=True)
+    names = []
+    for s, arr in enumerate(feats.arrays):
+        part = faiss.clone_index(trained)
+        _add(part, arr, offsets[s], True)
+        names.append(str(parts / f"{s:05d}.index"))
+        faiss.write_index(part, names[-1])
+        bar.update(len(arr))
+        del part
+    (out / IVFDATA).unlink(missing_ok=True)
+    merge_ondisk(trained, names, str(out / IVFDATA))
+    faiss.write_index(trained, str(out / "index.faiss"))
+    for name in names:
+        Path(name).unlink()
+    parts.rmdir()
+
+
+IVFDATA = "index.ivfdata"
+
+
+def open_index(folder: str | Path, *, params: bool = True) -> Any:
+    """The index of ``folder`` (memory-mapped inverted lists when built on disk), its search parameter set."""
+    import faiss
+
+    folder = Path(folder)
+    path = folder / "index.faiss"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no index.faiss: build one with `ada index build SHARDS --out {folder}`")
+    # The inverted lists are mapped read-only from beside index.faiss wherever the folder now lies.
+    index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+    if params:
+        search = read_json(folder / "params.json")["search"]
+        if search:
+            faiss.ParameterSpace().set_index_parameter(index, search["name"], search["value"])
+    return index
+
+
+def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> tuple[dict | None, list[dict]]:
+    """The smallest search parameter reaching ``target`` 10-recall@10 (the largest tried if none does)."""
+    import faiss
+
+    queries = _sample(feats, n_queries, seed + 1)
+    exact = exact_search(feats, queries, 10)[1]
+    ivf = _ivf(index)
+    if ivf is not None:
+        name, values = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= ivf.nlist]
+    elif hasattr(index, "hnsw"):
+        name, values = "efSearch", [16, 32, 64, 128, 256, 512]
+    else:
+        found = index.search(queries, 10)[1]
+        return None, [{"recall@10": knn_recall(found, exact)}]
+    curve = []
+    for value in values:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+        t = time.perf_counter()
+        found = index.search(queries, 10)[1]
+        curve.append({name: value, "recall@10": knn_recall(found, exact),
+                      "ms_per_query": 1000 * (time.perf_counter() - t) / len(queries)})
+        if curve[-1]["recall@10"] >= target:
+            break
+    return {"name": name, "value": curve[-1][name]}, curve
