@@ -70,3 +70,81 @@ def test_ada_index_build_chooses_from_the_budget_and_reports_recall(shards, tmp_
     assert "Flat over 7,000 vectors" in out and "10-recall@10 1.000" in out
     assert main(["index", "build", str(shards), "--out", str(tmp_path / "x"), "--memory", "1KB"]) == 2
     assert "too little for 7,000 vectors" in capsys.readouterr().err
+
+
+def _queries(shards: Path, n: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    x = open_shards(shards).rows_at(rng.choice(7000, n, replace=False))
+    return (x + 0.3 * rng.normal(size=x.shape)).astype(np.float32)
+
+
+def test_a_shortlist_covering_the_gallery_equals_exact_search(shards, tmp_path):
+    from ada_utils.calibration import Calibrator
+    from ada_utils.eval.attribute import attribute, attribute_with_index
+
+    gallery, q = open_shards(shards), _queries(shards)
+    index = open_index(build_index(shards, tmp_path / "idx", memory=1 << 30, factory="IVF64,Flat", progress=False))
+    cal = Calibrator(30.0, -0.5)
+    import faiss
+
+    faiss.ParameterSpace().set_index_parameter(index, "nprobe", 64)  # every list: the index returns all 7,000
+    exact = attribute(q, gallery.rows_at(np.arange(7000)), query_ids=[str(i) for i in range(20)],
+                      gallery_ids=gallery.ids, top=5, calibrator=cal)
+    full = attribute_with_index(q, index, gallery, query_ids=[str(i) for i in range(20)], top=5, shortlist=7000,
+                                calibrator=cal)
+    assert [r["gallery"] for r in full.rows()] == [r["gallery"] for r in exact.rows()]
+    np.testing.assert_allclose(full.scores, exact.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.influence, exact.influence, rtol=2e-5, atol=1e-8)  # float32 vs 64
+    assert np.all(full.outside == 0)
+    faiss.ParameterSpace().set_index_parameter(index, "nprobe", 4)
+    short = attribute_with_index(q, index, gallery, query_ids=[str(i) for i in range(20)], top=5, shortlist=50,
+                                 calibrator=cal)
+    same = np.mean([r["gallery"] == e["gallery"] for r, e in zip(short.rows(), exact.rows())])
+    assert same >= 0.9 and np.all(short.outside >= 0) and np.all(short.outside <= 1)
+
+
+def test_the_bound_on_the_mass_outside_the_shortlist_holds(shards):
+    """Against the full calibrated softmax: the outside bound is never below the true outside mass."""
+    import torch
+
+    from ada_utils.calibration import Calibrator
+    from ada_utils.eval.attribute import shortlist_influence
+
+    gallery, q = open_shards(shards), _queries(shards)
+    g = gallery.rows_at(np.arange(7000))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    scores = np.sort(q @ g.T, axis=1)[:, ::-1].copy()
+    for bias in (-0.9, -0.2, 0.5):
+        cal = Calibrator(20.0, bias)
+        p = cal(torch.from_numpy(scores).double()).detach().numpy()
+        for k in (10, 200):
+            influence, _, outside = shortlist_influence(cal, scores[:, :k], 7000, top=5)
+            true_outside = p[:, k:].sum(axis=1)
+            assert np.all(outside >= true_outside - 1e-12), (bias, k)
+            assert np.all(influence * (1 - outside[:, None]) <= p[:, :5] + 1e-12)
+            assert np.all(influence >= p[:, :5] - 1e-12)
+
+
+def test_the_readme_path_embed_shards_build_an_index_attribute(tiny_root, tmp_path, capsys):
+    """``ada embed --shards``, ``ada index build``, ``ada attribute --index``: the rows of exact search."""
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for i, src in enumerate(sorted((tiny_root / "dataset").rglob("*.jpg"))[:60]):
+        shutil.copy(src, gallery / f"{i:03d}.jpg")
+    query = sorted((tiny_root / "dataset").rglob("*.jpg"))[70]
+    common = ["--image-size", "32", "--batch-size", "8"]
+    assert main(["embed", str(gallery), "--shards", str(tmp_path / "shards"), "--shard-size", "25", *common]) == 0
+    assert main(["index", "build", str(tmp_path / "shards"), "--out", str(tmp_path / "idx"), "--memory", "1GB",
+                 "--factory", "IVF4,Flat"]) == 0
+    assert main(["attribute", "--gallery", str(tmp_path / "shards"), "--index", str(tmp_path / "idx"), "--query",
+                 str(query), "--top", "3", "--shortlist", "60", "--out", str(tmp_path / "a.json"), *common]) == 0
+    assert main(["attribute", "--gallery", str(gallery), "--query", str(query), "--top", "3",
+                 "--out", str(tmp_path / "b.json"), *common]) == 0
+    capsys.readouterr()
+    a, b = (json.loads((tmp_path / f).read_text())["rows"] for f in ("a.json", "b.json"))
+    assert [r["gallery"] for r in a] == [r["gallery"] for r in b]
+    assert np.allclose([r["score"] for r in a], [r["score"] for r in b], atol=2e-3)  # float16 shards
+    assert main(["attribute", "--gallery", str(gallery), "--index", str(tmp_path / "nope"), "--query",
+                 str(query)]) == 2
+    assert "neither flat, ivf, hnsw nor an index folder" in capsys.readouterr().err

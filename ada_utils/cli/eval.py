@@ -1,9 +1,11 @@
 """``ada embed``, ``ada eval`` and ``ada attribute``: cached features, official metrics, nearest gallery images.
 
     ada embed IMAGES_OR_DIRS... --backbone efficientnet_lite0 [--cache DIR]
+    ada embed TARS_OR_IMAGES... --shards OUT [--dtype float16] [--shard-size 10000]   (torchrun: ranks share shards)
     ada eval --data-root DATA_ROOT --backbone efficientnet_lite0 [--distractors N] [--out metrics.json]
     ada eval --abc-feats feats/dino [--mapper weights/mapper/dino_tuned.pth] [--distractors N] [--out metrics.json]
     ada attribute --gallery DIR_OR_FEATURES --query IMAGES... --backbone NAME [--top 10] [--index flat|ivf|hnsw]
+    ada attribute --gallery SHARDS --index INDEX_DIR --query IMAGES... [--shortlist 1000]
                   [--sheet out.png|out.html] [--calibrator FILE | --calibrate-on DATA_ROOT] [--out rows.json]
 
 Flag names follow ``ada train`` and the notebooks' parameters (``--data-root``, ``--backbone``, ``--weights``,
@@ -81,7 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", type=Path, required=True, help="image folder, or a feature cache folder")
     p.add_argument("--query", nargs="+", required=True, help="query image files or folders")
     p.add_argument("--top", type=int, default=10, help="matches per query")
-    p.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat", help="flat = exact search")
+    p.add_argument("--index", default="flat", metavar="flat|ivf|hnsw|DIR",
+                   help="flat = exact search; ivf, hnsw: approximate, built in memory; DIR: an index folder from ada "
+                   "index build over the shard folder --gallery (shortlist, then exact re-ranking)")
+    p.add_argument("--shortlist", type=int, default=1000,
+                   help="with --index DIR: candidates re-ranked by exact cosine (K'; default 1000)")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet (.png or .html)")
     p.add_argument("--image-root", type=Path, default=None, help="folder that relative gallery ids live under")
     soft = p.add_mutually_exclusive_group()
@@ -205,6 +211,8 @@ def _attribute(args: argparse.Namespace) -> int:
     from ada_utils.eval.attribute import attribute, contact_sheet, image_files
     from ada_utils.encoders import embed_images
 
+    if args.index not in ("flat", "ivf", "hnsw"):
+        return _attribute_with_index(args)
     encoder = _load_encoder(args)
     gallery = _gallery(args, encoder)
     queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
@@ -224,6 +232,49 @@ def _attribute(args: argparse.Namespace) -> int:
 
         write_json(args.out, {"rows": result.rows(), "rest": None if result.rest is None else
                               dict(zip(result.query_ids, map(float, result.rest))), "encoder": encoder.spec})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _attribute_with_index(args: argparse.Namespace) -> int:
+    """``ada attribute --index DIR --gallery SHARDS``: shortlist from the index, exact re-ranking from the shards."""
+    from ada_utils.eval.attribute import attribute_with_index, image_files
+    from ada_utils.eval.index import open_index
+    from ada_utils.encoders import embed_images
+    from ada_utils.encoders.sharded import open_shards
+
+    folder = Path(args.index)
+    if not (folder / "index.faiss").is_file():
+        raise FileNotFoundError(f"--index {args.index}: neither flat, ivf, hnsw nor an index folder (build one with "
+                                f"`ada index build SHARDS --out {args.index}`)")
+    if not (args.gallery / "plan.json").is_file():
+        raise ValueError(f"--gallery {args.gallery}: with --index DIR, give the shard folder the index was built from "
+                         "(ada embed IMAGES --shards OUT)")
+    gallery, encoder = open_shards(args.gallery), _load_encoder(args)
+    if gallery.manifest["encoder"] != json.loads(json.dumps(encoder.spec)):
+        raise ValueError(f"{args.gallery / 'manifest.json'}: the shards come from encoder "
+                         f"{gallery.manifest['encoder'].get('name')!r} with another spec than --backbone "
+                         f"{args.backbone!r}; query with the encoder that embedded them")
+    queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
+                           progress=False, on_error=args.on_error)
+    _print_skipped({"query images": queries.skipped}, "left out of the table")
+    q_feats, q_ids = queries.decoded()
+    if not q_ids:
+        raise ValueError("--query: no query image decodes")
+    calibrator = _calibrator(args, encoder, dim=int(gallery.manifest["dim"]))
+    result = attribute_with_index(np.asarray(q_feats), open_index(folder), gallery, query_ids=q_ids, top=args.top,
+                                  shortlist=args.shortlist, calibrator=calibrator)
+    print(result.table())
+    if args.sheet:
+        from ada_utils.eval.attribute import contact_sheet
+
+        print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")
+    if args.out:
+        from ada_utils.files import write_json
+
+        write_json(args.out, {"rows": result.rows(), "index": str(folder), "shortlist": args.shortlist,
+                              "outside_at_most": None if result.outside is None else
+                              dict(zip(result.query_ids, map(float, result.outside))), "encoder": encoder.spec})
         print(f"wrote {args.out}")
     return 0
 

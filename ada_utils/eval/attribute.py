@@ -17,6 +17,7 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -43,6 +44,7 @@ class Attribution:
     indices: np.ndarray
     influence: np.ndarray | None = None
     rest: np.ndarray | None = None
+    outside: np.ndarray | None = None  # with an index: the bound on the share outside the shortlist
 
     def rows(self) -> list[dict]:
         """One dict per (query, rank): ``query``, ``rank`` (1-based), ``score`` (cosine), ``gallery``, and
@@ -63,6 +65,9 @@ class Attribution:
         if soft:
             top = self.indices.shape[1]
             lines += [f"{q[-40:]:40s} not in the top {top}: {rest:.1%}" for q, rest in zip(self.query_ids, self.rest)]
+        if soft and self.outside is not None:
+            lines += [f"{q[-40:]:40s} outside the shortlist: at most {out:.2%}"
+                      for q, out in zip(self.query_ids, self.outside)]
         return "\n".join(lines)
 
 
@@ -141,6 +146,59 @@ def attribute(query_feats: np.ndarray, gallery_feats: np.ndarray, *, query_ids: 
     if calibrator is not None:
         result.influence, result.rest = calibrated_influence(calibrator, q, g, indices)
     return result
+
+
+def attribute_with_index(query_feats: np.ndarray, index: faiss.Index, gallery: Any, *, query_ids: list[str],
+                         top: int = 10, shortlist: int = 1000, calibrator: Calibrator | None = None
+                         ) -> Attribution:
+    """Attribution against a gallery too large to score whole: the index's approximate top ``shortlist`` (K'),
+    re-ranked by exact cosine from the stored shard features (``gallery``: :func:`open_shards`), the best ``top``
+    kept. With a calibrator, the influence is taken over the shortlist and the mass outside it is bounded
+    (:func:`shortlist_influence`), never dropped. With K' >= the gallery, the result equals exact search."""
+    n = gallery.rows
+    if not 1 <= top <= min(shortlist, n):
+        raise ValueError(f"top={top} (--top): choose between 1 and --shortlist {shortlist} (and the gallery's {n:,})")
+    if index.ntotal != n or index.d != query_feats.shape[1]:
+        raise ValueError(f"the index holds {index.ntotal:,} vectors of D={index.d}, the gallery {n:,} of "
+                         f"D={gallery.arrays[0].shape[1]} and the queries D={query_feats.shape[1]}: build the index "
+                         "from this shard folder with the same encoder")
+    q = _normalised(query_feats)
+    candidates = index.search(q, min(shortlist, n))[1]
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    for i, row in enumerate(candidates):
+        found = row[row >= 0]
+        scores[i, :len(found)] = _normalised(gallery.rows_at(found)) @ q[i]
+    order = np.argsort(-scores, axis=1, kind="stable")
+    scores, candidates = np.take_along_axis(scores, order, 1), np.take_along_axis(candidates, order, 1)
+    rows = np.unique(candidates[:, :top][candidates[:, :top] >= 0])
+    local = np.where(candidates[:, :top] >= 0, np.searchsorted(rows, candidates[:, :top]), -1)
+    result = Attribution(list(query_ids), [gallery.ids[r] for r in rows], scores[:, :top], local)
+    if calibrator is not None:
+        result.influence, result.rest, result.outside = shortlist_influence(calibrator, scores, n, top)
+    return result
+
+
+def shortlist_influence(calibrator: Calibrator, scores: np.ndarray, n: int, top: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AbC's truncated softmax over a shortlist (Q, K') of exact scores, descending, from a gallery of ``n``.
+
+    Every item outside the shortlist scores at most its last score s_K' (if the index found the true top K'),
+    so its term is at most t(s_K'): the outside mass is at most ``(n − K') t(s_K')``, and exactly 0 when s_K'
+    falls below the calibrator's cut. Returns ``(influence (Q, top)`` over the shortlist (an upper bound, exact when
+    the outside mass is 0), ``rest (Q,)`` the shortlist's share beyond the top, ``outside (Q,)`` the bound on the
+    share outside the shortlist)``; each listed influence is at least ``influence * (1 − outside)``.
+    """
+    import torch
+
+    found = np.isfinite(scores)  # an index may return fewer than K' candidates (-inf after them)
+    with torch.no_grad():
+        s = torch.from_numpy(np.where(found, scores, -2.0)).double()  # cosines lie in [-1, 1]
+        terms = calibrator.terms(s, torch.from_numpy(found)).numpy()
+        edge = terms[np.arange(len(s)), found.sum(1) - 1]
+    inside = terms.sum(axis=1)
+    outside = np.maximum(n - found.sum(1), 0) * edge
+    influence = terms[:, :top] / inside[:, None]
+    return influence, np.clip(1.0 - influence.sum(axis=1), 0.0, 1.0), outside / (inside + outside)
 
 
 def calibrated_influence(calibrator: Calibrator, q: np.ndarray, g: np.ndarray, indices: np.ndarray, *,
