@@ -148,3 +148,25 @@ def test_the_readme_path_embed_shards_build_an_index_attribute(tiny_root, tmp_pa
     assert main(["attribute", "--gallery", str(gallery), "--index", str(tmp_path / "nope"), "--query",
                  str(query)]) == 2
     assert "neither flat, ivf, hnsw nor an index folder" in capsys.readouterr().err
+
+
+def test_metrics_through_an_exact_index_equal_the_official_metric(shards, tmp_path):
+    """A Flat index with a shortlist of the whole gallery reproduces abc_metrics over the shard folder; a short
+    shortlist through IVF keeps it within a small margin."""
+    from ada_utils.eval.index import metrics_through_index
+    from ada_utils.retrieval import abc_metrics
+
+    gallery, rng = open_shards(shards), np.random.default_rng(2)
+    centres = gallery.rows_at(rng.choice(7000, 30, replace=False))
+    ex_model = np.repeat(np.arange(30), 2)
+    exemplars = centres[ex_model] + 0.3 * rng.normal(size=(60, 32))
+    q_model = np.repeat(np.arange(30), 3)
+    queries = (centres[q_model] + 0.3 * rng.normal(size=(90, 32))).astype(np.float32)
+    official = abc_metrics(queries, q_model, exemplars, ex_model, gallery, ks=(5, 10))
+    flat = open_index(build_index(shards, tmp_path / "flat", memory=1 << 30, progress=False))
+    through = metrics_through_index(flat, gallery, queries, q_model, exemplars, ex_model, shortlist=7000, ks=(5, 10))
+    assert through["map"] == pytest.approx(official["map"], abs=1e-6)
+    assert through["recall"][5] == pytest.approx(official["recall"][5], abs=1e-9)
+    ivf = open_index(build_index(shards, tmp_path / "ivf", memory=1 << 30, factory="IVF64,Flat", progress=False))
+    short = metrics_through_index(ivf, gallery, queries, q_model, exemplars, ex_model, shortlist=100, ks=(5, 10))
+    assert abs(short["recall"][5] - official["recall"][5]) < 0.05

@@ -249,6 +249,27 @@ class ShardedFeatures:
     def rows(self) -> int:
         return len(self.ids)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, int(self.arrays[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Rows ``lo:hi`` across shards in their dtype (what :func:`ada_utils.retrieval.abc_metrics` reads per
+        block: a shard folder is a distractor gallery as it stands)."""
+        lo, hi, step = rows.indices(self.rows)
+        if step != 1:
+            raise ValueError("shard folders are read in contiguous row ranges")
+        parts, start = [], 0
+        for arr in self.arrays:
+            a, b = max(lo - start, 0), min(hi - start, len(arr))
+            if a < b:
+                parts.append(arr[a:b])
+            start += len(arr)
+        return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), dtype=self.arrays[0].dtype)
+
     def rows_at(self, index: np.ndarray) -> np.ndarray:
         """Float32 rows at global positions ``index`` (any order), read from the memory maps."""
         index = np.asarray(index, dtype=np.int64)

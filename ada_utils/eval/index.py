@@ -62,10 +62,14 @@ class IndexChoice:
     index_bytes: int
 
 
+def default_nlist(n: int) -> int:
+    """The power of two nearest to 4 sqrt(n): the inverted lists of an IVF index over ``n`` vectors."""
+    return max(1, 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+
+
 def choose_index(n: int, d: int, memory: int) -> IndexChoice:
     """The index for ``n`` vectors of ``d`` dims under ``memory`` bytes (the rules of the module docstring)."""
-    flat = n * d * 4
-    nlist = max(1, 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+    flat, nlist = n * d * 4, default_nlist(n)
     if n <= FLAT_MAX and flat <= memory:
         return IndexChoice("Flat", f"N = {n:,} <= {FLAT_MAX:,} and the vectors fit: exact search", 0, flat)
     ids = 8 * n
@@ -238,3 +242,28 @@ def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> t
         if curve[-1]["recall@10"] >= target:
             break
     return {"name": name, "value": curve[-1][name]}, curve
+
+
+def metrics_through_index(index: Any, distractors: Any, query_feats: np.ndarray, query_model: np.ndarray,
+                          exemplar_feats: np.ndarray, exemplar_model: np.ndarray, *, shortlist: int = 1000,
+                          ks: tuple[int, ...] = (5, 10, 100)) -> dict:
+    """AbC's R@K and mAP when the distractors (a shard folder, indexed by ``index``) are searched through the
+    index: each query's gallery is the index's top ``shortlist`` distractors, re-scored exactly, plus its own
+    model's exemplars, ranked by the official tie rule (:func:`ada_utils.retrieval.rank_gallery`); a distractor
+    the index misses counts as ranked below every exemplar. The exact metric (:func:`~ada_utils.retrieval.abc_metrics`
+    over all distractors) stays the official one; the two agree when the index misses nothing that outranks an
+    exemplar. Returns ``{"recall": {K: mean}, "map": mean}``."""
+    from ada_utils.retrieval import rank_gallery
+
+    q, ex = _unit(query_feats), _unit(exemplar_feats)
+    query_model, exemplar_model = np.asarray(query_model), np.asarray(exemplar_model)
+    candidates = index.search(q, min(shortlist, distractors.rows))[1]
+    ap, rec = np.zeros(len(q)), {k: np.zeros(len(q)) for k in ks}
+    for i, row in enumerate(candidates):
+        d_scores = _unit(distractors.rows_at(row[row >= 0])) @ q[i]
+        own = ex[exemplar_model == query_model[i]] @ q[i]
+        pos = np.flatnonzero(rank_gallery(d_scores, own) >= len(d_scores)) + 1
+        ap[i] = np.mean(np.arange(1, len(pos) + 1) / pos)
+        for k in ks:
+            rec[k][i] = np.mean(pos <= k)
+    return {"recall": {k: float(v.mean()) for k, v in rec.items()}, "map": float(ap.mean())}

@@ -1,0 +1,178 @@
+"""Benchmark of the approximate index (``ada index build``) at 1M and 10M vectors: cost, recall, attribution kept.
+
+Data: the embedded benchmark's real features (``--scale``, EfficientNet-Lite0 at ``--image-size``): its test
+queries and exemplars, and its real distractors; the distractor gallery is filled up to each size with vectors
+drawn from a Gaussian with the real distractors' mean and covariance (a full-rank fit, the seed fixed): the
+same first and second moments as real features, none of their cluster structure, which makes the drawn
+distractors easier to tell apart from the exemplars than real ones would be (said with the numbers). The gallery
+is written as float16 shards of ``--shard-rows`` (what ``ada embed --shards`` writes).
+
+For each index kind (the memory rules' choice under ``--memory``, and IVF-Flat where it fits): build time, peak
+resident memory of the build (sampled), disk, search latency per query at the tuned parameter, 10-recall@10 on
+500 gallery vectors against exact search, and the attribution kept: the official R@5 and mAP of every test cell
+with the distractors searched through the index (shortlist ``--shortlist``, exact re-ranking) against the exact
+metric over all distractors (:func:`ada_utils.retrieval.abc_metrics`, which stays the official one).
+
+    python bench/bench_index.py --sizes 100000            # a check (minutes)
+    python bench/bench_index.py --sizes 1000000 10000000  # the issue's rows (hours on 2 cores; disk 2 B x D x N)
+
+Writes ``bench/results/index-<device>.json`` (one row per size and kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ada_utils.files import human_bytes, write_json
+from ada_utils.project import hardware, library_versions
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+            self.peak = max(self.peak, rss)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def real_features(scale: str, image_size: int):
+    """The embedded benchmark's features (cached after the first run)."""
+    from ada_utils.data import ensure_benchmark
+    from ada_utils.encoders import embed_benchmark, load_encoder
+
+    root = ensure_benchmark(scale=scale, seed=0)
+    return embed_benchmark(load_encoder("efficientnet_lite0", device="cpu", image_size=image_size), root)
+
+
+def drawn_gallery(real: np.ndarray, size: int, folder: Path, shard_rows: int, seed: int) -> Path:
+    """The real distractors, then Gaussian vectors with their mean and covariance, up to ``size`` rows."""
+    from ada_utils.encoders.sharded import write_feature_shards
+
+    mean = real.mean(axis=0)
+    cov = np.cov(real, rowvar=False) + 1e-6 * np.eye(real.shape[1])
+    factor = np.linalg.cholesky(cov).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    arrays, ids, made = [], [], 0
+    while made < size:
+        n = min(shard_rows, size - made)
+        take = real[made:made + n] if made < len(real) else np.zeros((0, real.shape[1]), np.float32)
+        drawn = (rng.standard_normal((n - len(take), real.shape[1]), dtype=np.float32) @ factor.T + mean)
+        arrays.append(np.concatenate([take, drawn]).astype(np.float16))
+        ids.append([f"real{made + i}" if made + i < len(real) else f"drawn{made + i}" for i in range(n)])
+        made += n
+    return write_feature_shards(folder, arrays, ids, source={"name": "gaussian-matched", "seed": seed,
+                                                              "real_rows": len(real)})
+
+
+def attribution(index, gallery, bench, shortlist: int) -> dict:
+    """Official R@5/mAP per cell: through the index, and exact over all distractors."""
+    from ada_utils.eval.index import metrics_through_index
+    from ada_utils.retrieval import abc_metrics
+
+    cells = {}
+    for name, case in bench.cases.items():
+        for prompt, q in case.queries.items():
+            qm = case.query_model[prompt]
+            exact = abc_metrics(q, qm, case.exemplars, case.exemplar_model, gallery, ks=(5,))
+            approx = metrics_through_index(index, gallery, q, qm, case.exemplars, case.exemplar_model,
+                                           shortlist=shortlist, ks=(5,))
+            cells[f"{name}/{prompt}"] = {"exact_R@5": exact["recall"][5], "index_R@5": approx["recall"][5],
+                                         "exact_mAP": exact["map"], "index_mAP": approx["map"], "queries": len(q)}
+    return cells
+
+
+def run_kind(gallery_dir: Path, gallery, bench, factory: str | None, memory: int, work: Path, shortlist: int) -> dict:
+    """Build, measure and score one index kind."""
+    from ada_utils.eval.index import build_index, open_index
+    from ada_utils.files import read_json
+
+    out = work / f"index-{factory or 'rule'}".replace(",", "_")
+    with PeakRSS() as rss:
+        t = time.perf_counter()
+        build_index(gallery_dir, out, memory=memory, factory=factory, progress=False)
+        seconds = time.perf_counter() - t
+    params = read_json(out / "params.json")
+    index = open_index(out)
+    cells = attribution(index, gallery, bench, shortlist)
+    disk = sum(p.stat().st_size for p in out.iterdir())
+    row = {"factory": params["factory"], "rule": params["rule"], "build_seconds": round(seconds, 1),
+           "build_peak_rss_bytes": rss.peak, "disk_bytes": disk, "disk": human_bytes(disk),
+           "search": params["search"], "recall@10": params["recall_curve"][-1]["recall@10"],
+           "ms_per_query": params["recall_curve"][-1].get("ms_per_query"), "recall_curve": params["recall_curve"],
+           "shortlist": shortlist, "cells": cells,
+           "R@5_kept": float(np.mean([c["index_R@5"] / max(c["exact_R@5"], 1e-12) for c in cells.values()])),
+           "mAP_kept": float(np.mean([c["index_mAP"] / max(c["exact_mAP"], 1e-12) for c in cells.values()]))}
+    shutil.rmtree(out)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--memory", default="4GB", help="the budget of the memory rules")
+    parser.add_argument("--scale", default="small")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--shard-rows", type=int, default=100_000)
+    parser.add_argument("--shortlist", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the gallery shards (default: a temp)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ivf-flat-max-bytes", type=float, default=12e9,
+                        help="also build IVF-Flat when the raw float32 vectors take at most this much")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "index-cpu.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from ada_utils.eval.index import choose_index, default_nlist, parse_bytes
+    from ada_utils.encoders.sharded import open_shards
+
+    memory, bench = parse_bytes(args.memory), real_features(args.scale, args.image_size)
+    real = np.asarray(bench.distractors, dtype=np.float32)
+    rows = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            work = Path(tmp)
+            t = time.perf_counter()
+            gallery_dir = drawn_gallery(real, size, work / "gallery", args.shard_rows, args.seed)
+            gallery = open_shards(gallery_dir)
+            made = time.perf_counter() - t
+            choice = choose_index(size, real.shape[1], memory)
+            kinds = [None]  # the memory rules' choice, and IVF-Flat where its raw vectors fit this machine
+            if not choice.factory.startswith("IVF") and size * real.shape[1] * 4 <= args.ivf_flat_max_bytes:
+                kinds.append(f"IVF{default_nlist(size)},Flat")
+            for factory in kinds:
+                row = run_kind(gallery_dir, gallery, bench, factory, memory, work, args.shortlist)
+                rows.append({"size": size, "dim": real.shape[1], "gallery_seconds": round(made, 1), **row})
+                print(f"N={size:,} {row['factory']}: build {row['build_seconds']} s, peak "
+                      f"{human_bytes(row['build_peak_rss_bytes'])}, disk {row['disk']}, recall@10 "
+                      f"{row['recall@10']:.3f}, {row['ms_per_query']} ms/query, R@5 kept {row['R@5_kept']:.3f}, "
+                      f"mAP kept {row['mAP_kept']:.3f}", flush=True)
+                write_json(args.out, {"rows": rows, "hardware": hardware(), "torch_threads": torch.get_num_threads(),
+                                      "libraries": library_versions(), "memory_budget": memory,
+                                      "data": f"embedded benchmark scale={args.scale} (efficientnet_lite0, "
+                                      f"{args.image_size} px): {len(real):,} real distractors + Gaussian-matched "
+                                      f"draws (seed {args.seed})"})
+
+
+if __name__ == "__main__":
+    main()
