@@ -151,22 +151,27 @@ def test_the_readme_path_embed_shards_build_an_index_attribute(tiny_root, tmp_pa
 
 
 def test_metrics_through_an_exact_index_equal_the_official_metric(shards, tmp_path):
-    """A Flat index with a shortlist of the whole gallery reproduces abc_metrics over the shard folder; a short
-    shortlist through IVF keeps it within a small margin."""
+    """An index over distractors and exemplars: Flat with a shortlist of the whole gallery reproduces abc_metrics;
+    a short shortlist through IVF stays close."""
     from ada_utils.eval.index import metrics_through_index
     from ada_utils.retrieval import abc_metrics
 
-    gallery, rng = open_shards(shards), np.random.default_rng(2)
-    centres = gallery.rows_at(rng.choice(7000, 30, replace=False))
+    distractors, rng = open_shards(shards), np.random.default_rng(2)
+    centres = distractors.rows_at(rng.choice(7000, 30, replace=False))
     ex_model = np.repeat(np.arange(30), 2)
-    exemplars = centres[ex_model] + 0.3 * rng.normal(size=(60, 32))
+    exemplars = (centres[ex_model] + 0.3 * rng.normal(size=(60, 32))).astype(np.float32)
     q_model = np.repeat(np.arange(30), 3)
     queries = (centres[q_model] + 0.3 * rng.normal(size=(90, 32))).astype(np.float32)
-    official = abc_metrics(queries, q_model, exemplars, ex_model, gallery, ks=(5, 10))
-    flat = open_index(build_index(shards, tmp_path / "flat", memory=1 << 30, progress=False))
-    through = metrics_through_index(flat, gallery, queries, q_model, exemplars, ex_model, shortlist=7000, ks=(5, 10))
-    assert through["map"] == pytest.approx(official["map"], abs=1e-6)
+    both = write_feature_shards(tmp_path / "both", [*distractors.arrays, exemplars],
+                                [*(distractors.ids[i:i + len(a)] for i, a in zip((0, 3000, 6000), distractors.arrays)),
+                                 [f"ex{i}" for i in range(60)]], source={"name": "drawn", "seed": 0})
+    gallery = open_shards(both)
+    rows = np.arange(7000, 7060)
+    official = abc_metrics(queries, q_model, gallery.rows_at(rows), ex_model, np.asarray(gallery[0:7000]), ks=(5, 10))
+    flat = open_index(build_index(both, tmp_path / "flat", memory=1 << 30, progress=False))
+    through = metrics_through_index(flat, gallery, 7000, rows, ex_model, queries, q_model, shortlist=7060, ks=(5, 10))
+    assert 0.1 < official["map"] < 0.9 and through["map"] == pytest.approx(official["map"], abs=1e-6)
     assert through["recall"][5] == pytest.approx(official["recall"][5], abs=1e-9)
-    ivf = open_index(build_index(shards, tmp_path / "ivf", memory=1 << 30, factory="IVF64,Flat", progress=False))
-    short = metrics_through_index(ivf, gallery, queries, q_model, exemplars, ex_model, shortlist=100, ks=(5, 10))
+    ivf = open_index(build_index(both, tmp_path / "ivf", memory=1 << 30, factory="IVF64,Flat", progress=False))
+    short = metrics_through_index(ivf, gallery, 7000, rows, ex_model, queries, q_model, shortlist=100, ks=(5, 10))
     assert abs(short["recall"][5] - official["recall"][5]) < 0.05

@@ -169,3 +169,23 @@ def decomposition_figure(table: pd.DataFrame, *, title: str) -> plt.Figure:
     b.legend(fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+def tradeoff_figure(table: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Recall@10 against query time, one line per index (its search parameter growing along it), and recall
+    against bytes per vector: what an approximate index gives up for speed and memory."""
+    fig, (speed, size) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for i, (name, rows) in enumerate(table.groupby("index", sort=False)):
+        c = PALETTE[i % len(PALETTE)]
+        speed.plot(rows["ms_per_query"], rows["recall@10"], "o-", color=c, label=name)
+        best = rows.iloc[-1]
+        size.scatter(best["bytes_per_vector"], best["recall@10"], color=c, s=50, zorder=3)
+        size.annotate(name, (best["bytes_per_vector"], best["recall@10"]), fontsize=8, xytext=(4, -10),
+                      textcoords="offset points")
+    speed.set(xscale="log", xlabel="search time per query (ms, log scale)", ylabel="10-recall@10 vs exact (fraction)",
+              title="recall vs speed (parameter grows along a line)")
+    size.set(xscale="log", xlabel="index size per vector (bytes, log scale)", ylabel="10-recall@10 vs exact (fraction)",
+             title="recall vs memory (at the largest parameter tried)")
+    speed.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig

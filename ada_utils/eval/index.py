@@ -23,8 +23,12 @@ beside ``index.faiss`` and opened from there, so the folder can be moved or shar
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,24 @@ def choose_index(n: int, d: int, memory: int) -> IndexChoice:
                      f"({8 * n + ids:,} bytes needed)")
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Drop what faiss prints from C++ while the block runs (its "please provide at least N training points"
+    warnings, which :func:`build_index` states itself in one line, and on-disk notices); its errors still raise."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, null = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.array(x, dtype=np.float32, order="C")
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -135,11 +157,20 @@ def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: st
     ensure_space(out, choice.index_bytes, f"the index {choice.factory}")
     index = faiss.index_factory(d, choice.factory, faiss.METRIC_INNER_PRODUCT)
     ivf = _ivf(index)
+    # Fast-scan codes sit in blocked lists, which faiss cannot merge on disk: those are built in memory.
+    on_disk = ivf is not None and not in_memory and not type(faiss.downcast_index(ivf)).__name__.endswith("FastScan")
+    train_rows = 0
     if not index.is_trained:  # about 100 points per list, and 39 per centroid of a PQ's 256 (faiss's minimum)
-        index.train(_sample(feats, max(100 * (ivf.nlist if ivf is not None else 0), 39 * 256), seed))
+        sample = _sample(feats, max(100 * (ivf.nlist if ivf is not None else 0), 39 * 256), seed)
+        train_rows = len(sample)
+        if ivf is not None and train_rows < 39 * ivf.nlist:
+            print(f"[index] {choice.factory}: trained on {train_rows:,} vectors for {ivf.nlist} lists (faiss asks for "
+                  f"39 per list): a gallery this small gains little from an approximate index", file=sys.stderr)
+        with _quiet():
+            index.train(sample)
     offsets = np.cumsum([0] + [len(a) for a in feats.arrays])
     bar = tqdm(total=n, desc="index", unit="vec", disable=not progress)
-    if ivf is None or in_memory:
+    if not on_disk:
         for s, arr in enumerate(feats.arrays):
             _add(index, arr, offsets[s], ivf is not None)
             bar.update(len(arr))
@@ -150,7 +181,7 @@ def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: st
     index = open_index(out, params=False)
     param, curve = _tune(index, feats, target_recall, n_queries, seed)
     params = {"factory": choice.factory, "rule": choice.rule, "rows": n, "dim": d, "memory_budget": memory,
-              "index_bytes": choice.index_bytes, "on_disk": ivf is not None and not in_memory,
+              "index_bytes": choice.index_bytes, "on_disk": on_disk, "train_rows": train_rows,
               "search": param, "recall_curve": curve, "target_recall": target_recall, "n_queries": n_queries,
               "seed": seed, "build_seconds": round(time.perf_counter() - t0, 2), "shards": str(Path(shards)),
               "encoder": feats.manifest.get("encoder"), "dtype": feats.manifest.get("dtype")}
@@ -191,8 +222,9 @@ def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar
         bar.update(len(arr))
         del part
     (out / IVFDATA).unlink(missing_ok=True)
-    merge_ondisk(trained, names, str(out / IVFDATA))
-    faiss.write_index(trained, str(out / "index.faiss"))
+    with _quiet():
+        merge_ondisk(trained, names, str(out / IVFDATA))
+        faiss.write_index(trained, str(out / "index.faiss"))
     for name in names:
         Path(name).unlink()
     parts.rmdir()
@@ -201,8 +233,9 @@ def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar
 IVFDATA = "index.ivfdata"
 
 
-def open_index(folder: str | Path, *, params: bool = True) -> Any:
-    """The index of ``folder`` (memory-mapped inverted lists when built on disk), its search parameter set."""
+def open_index(folder: str | Path, *, params: bool = True, search: dict | None = None) -> Any:
+    """The index of ``folder`` (memory-mapped inverted lists when built on disk), with its tuned search parameter
+    set (``search``: another ``{"name": ..., "value": ...}``; ``params=False``: none)."""
     import faiss
 
     folder = Path(folder)
@@ -210,9 +243,10 @@ def open_index(folder: str | Path, *, params: bool = True) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no index.faiss: build one with `ada index build SHARDS --out {folder}`")
     # The inverted lists are mapped read-only from beside index.faiss wherever the folder now lies.
-    index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+    with _quiet():
+        index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     if params:
-        search = read_json(folder / "params.json")["search"]
+        search = search or read_json(folder / "params.json")["search"]
         if search:
             faiss.ParameterSpace().set_index_parameter(index, search["name"], search["value"])
     return index
@@ -230,8 +264,10 @@ def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> t
     elif hasattr(index, "hnsw"):
         name, values = "efSearch", [16, 32, 64, 128, 256, 512]
     else:
+        t = time.perf_counter()
         found = index.search(queries, 10)[1]
-        return None, [{"recall@10": knn_recall(found, exact)}]
+        return None, [{"recall@10": knn_recall(found, exact),
+                       "ms_per_query": 1000 * (time.perf_counter() - t) / len(queries)}]
     curve = []
     for value in values:
         faiss.ParameterSpace().set_index_parameter(index, name, value)
@@ -244,26 +280,90 @@ def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> t
     return {"name": name, "value": curve[-1][name]}, curve
 
 
-def metrics_through_index(index: Any, distractors: Any, query_feats: np.ndarray, query_model: np.ndarray,
-                          exemplar_feats: np.ndarray, exemplar_model: np.ndarray, *, shortlist: int = 1000,
-                          ks: tuple[int, ...] = (5, 10, 100)) -> dict:
-    """AbC's R@K and mAP when the distractors (a shard folder, indexed by ``index``) are searched through the
-    index: each query's gallery is the index's top ``shortlist`` distractors, re-scored exactly, plus its own
-    model's exemplars, ranked by the official tie rule (:func:`ada_utils.retrieval.rank_gallery`); a distractor
-    the index misses counts as ranked below every exemplar. The exact metric (:func:`~ada_utils.retrieval.abc_metrics`
-    over all distractors) stays the official one; the two agree when the index misses nothing that outranks an
-    exemplar. Returns ``{"recall": {K: mean}, "map": mean}``."""
+def metrics_through_index(index: Any, gallery: Any, n_distractors: int, exemplar_rows: np.ndarray,
+                          exemplar_model: np.ndarray, query_feats: np.ndarray, query_model: np.ndarray, *,
+                          shortlist: int = 1000, ks: tuple[int, ...] = (5, 10, 100)) -> dict:
+    """AbC's R@K and mAP when attribution goes through the index, as a user's would: the index holds the whole
+    gallery (a shard folder of ``n_distractors`` distractors first, then exemplars; ``exemplar_rows`` the rows of
+    this test case's, in its exemplar order), each query takes the index's top ``shortlist``, re-scored exactly;
+    exemplars of other models and other test cases are left out (AbC's per-model gallery) and the rest ranked by the
+    official tie rule
+    (:func:`ada_utils.retrieval.rank_gallery`). An own exemplar the shortlist misses is not retrieved (it adds 0 to
+    R@K and to AP); a distractor the index misses cannot outrank anything. So the metric can fall (missed exemplars)
+    or rise (missed distractors) against the exact one (:func:`~ada_utils.retrieval.abc_metrics`, the official
+    metric), and equals it when the shortlist is the whole gallery. Returns ``{"recall": {K: mean}, "map": mean}``."""
     from ada_utils.retrieval import rank_gallery
 
-    q, ex = _unit(query_feats), _unit(exemplar_feats)
-    query_model, exemplar_model = np.asarray(query_model), np.asarray(exemplar_model)
-    candidates = index.search(q, min(shortlist, distractors.rows))[1]
+    q = _unit(query_feats)
+    exemplar_rows, exemplar_model = np.asarray(exemplar_rows), np.asarray(exemplar_model)
+    which = dict(zip(exemplar_rows.tolist(), range(len(exemplar_rows))))  # gallery row -> exemplar index
+    candidates = index.search(q, min(shortlist, gallery.rows))[1]
     ap, rec = np.zeros(len(q)), {k: np.zeros(len(q)) for k in ks}
     for i, row in enumerate(candidates):
-        d_scores = _unit(distractors.rows_at(row[row >= 0])) @ q[i]
-        own = ex[exemplar_model == query_model[i]] @ q[i]
-        pos = np.flatnonzero(rank_gallery(d_scores, own) >= len(d_scores)) + 1
-        ap[i] = np.mean(np.arange(1, len(pos) + 1) / pos)
+        row = row[row >= 0]
+        ex = np.array([which.get(r, -1) for r in row.tolist()], dtype=np.int64)
+        own_total = int((exemplar_model == query_model[i]).sum())
+        distractor = row[row < n_distractors]
+        own = np.sort(ex[(ex >= 0) & (exemplar_model[ex.clip(0)] == query_model[i])])
+        scores = _unit(gallery.rows_at(np.concatenate([distractor, exemplar_rows[own]]))) @ q[i]
+        pos = np.flatnonzero(rank_gallery(scores[:len(distractor)], scores[len(distractor):]) >= len(distractor)) + 1
+        ap[i] = np.sum(np.arange(1, len(pos) + 1) / pos) / own_total
         for k in ks:
-            rec[k][i] = np.mean(pos <= k)
+            rec[k][i] = np.sum(pos <= k) / own_total
     return {"recall": {k: float(v.mean()) for k, v in rec.items()}, "map": float(ap.mean())}
+
+
+def tradeoff(shards: str | Path, work: str | Path, factories: list[str], *, n_queries: int = 500, seed: int = 0
+             ) -> list[dict]:
+    """Recall, latency and size of each faiss ``factories`` string over a shard folder: one row per search
+    parameter value tried (the whole curve up to recall 1), built in ``work``. For chapter 06's trade-off plot."""
+    rows = []
+    for factory in factories:
+        out = build_index(shards, Path(work) / factory.replace(",", "_"), memory=1 << 62, factory=factory,
+                          target_recall=1.0, n_queries=n_queries, seed=seed, progress=False)
+        params = read_json(out / "params.json")
+        size = sum(p.stat().st_size for p in out.iterdir() if p.name != "params.json")
+        for point in params["recall_curve"]:
+            name = params["search"]["name"] if params["search"] else None
+            rows.append({"index": factory, "parameter": f"{name}={point[name]}" if name else "exact",
+                         "recall@10": point["recall@10"], "ms_per_query": point.get("ms_per_query"),
+                         "bytes_per_vector": size / params["rows"], "folder": out})
+    return rows
+
+
+def index_study(bench: Any, work: str | Path, *, shortlist: int = 100, n_queries: int = 500, seed: int = 0
+                ) -> tuple[list[dict], list[dict]]:
+    """Chapter 06's study of a benchmark's gallery (:class:`~ada_utils.encoders.BenchmarkFeatures`): its distractors
+    (4 shards) and every test case's exemplars (one shard each), written to ``work`` as float32 shards; for Flat,
+    IVF-Flat, HNSW32 and IVF-PQ (4-bit fast scan), the :func:`tradeoff` curve, and each test cell's R@5 exact and
+    through the index (:func:`metrics_through_index`) at the index's cheapest setting. Returns ``(curve, cells)``."""
+    from ada_utils.encoders.sharded import open_shards, write_feature_shards
+    from ada_utils.retrieval import abc_metrics
+
+    dist = np.asarray(bench.distractors, dtype=np.float32)
+    n_dist, dim = dist.shape
+    parts = np.array_split(np.arange(n_dist), 4)
+    cases = list(bench.cases.items())
+    shards = write_feature_shards(
+        Path(work) / "shards", [dist[p] for p in parts] + [c.exemplars for _, c in cases],
+        [[bench.distractor_ids[i] for i in p] for p in parts] + [c.exemplar_ids for _, c in cases],
+        source=bench.encoder, dtype="float32")
+    nlist = default_nlist(n_dist)
+    curve = tradeoff(shards, work, ["Flat", f"IVF{nlist},Flat", "HNSW32", f"IVF{nlist},PQ{dim // 16}x4fs"],
+                     n_queries=n_queries, seed=seed)
+    gallery, cells = open_shards(shards), []
+    starts = n_dist + np.cumsum([0] + [len(c.exemplars) for _, c in cases])
+    for factory in dict.fromkeys(r["index"] for r in curve):
+        first = next(r for r in curve if r["index"] == factory)
+        name, _, value = first["parameter"].partition("=")
+        index = open_index(first["folder"], search={"name": name, "value": int(value)} if value else None)
+        for start, (case_name, case) in zip(starts, cases):
+            rows = np.arange(start, start + len(case.exemplars))
+            for prompt, q in case.queries.items():
+                qm = case.query_model[prompt]
+                exact = abc_metrics(q, qm, case.exemplars, case.exemplar_model, dist, ks=(5,))
+                through = metrics_through_index(index, gallery, n_dist, rows, case.exemplar_model, q, qm,
+                                                shortlist=shortlist, ks=(5,))
+                cells.append({"index": factory, "setting": first["parameter"], "cell": f"{case_name}/{prompt}",
+                              "exact R@5": exact["recall"][5], "through the index R@5": through["recall"][5]})
+    return curve, cells
