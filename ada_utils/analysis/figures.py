@@ -179,13 +179,13 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str) -> plt.Figure:
         c = PALETTE[i % len(PALETTE)]
         speed.plot(rows["ms_per_query"], rows["recall@10"], "o-", color=c, label=name)
         best = rows.iloc[-1]
-        size.scatter(best["bytes_per_vector"], best["recall@10"], color=c, s=50, zorder=3)
-        size.annotate(name, (best["bytes_per_vector"], best["recall@10"]), fontsize=8, xytext=(4, -10),
-                      textcoords="offset points")
+        size.scatter(best["bytes_per_vector"], best["recall@10"], color=c, s=60 - 10 * i, zorder=3 + i,
+                     edgecolor="white", label=name)
     speed.set(xscale="log", xlabel="search time per query (ms, log scale)", ylabel="10-recall@10 vs exact (fraction)",
               title="recall vs speed (parameter grows along a line)")
     size.set(xscale="log", xlabel="index size per vector (bytes, log scale)", ylabel="10-recall@10 vs exact (fraction)",
              title="recall vs memory (at the largest parameter tried)")
     speed.legend(fontsize=8)
+    size.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     return fig
