@@ -135,7 +135,7 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
     index = open_index(out)
     cells = attribution(index, gallery, n_dist, bench, shortlist)
     disk = sum(p.stat().st_size for p in out.iterdir())
-    row = {"factory": params["factory"], "rule": params["rule"], "build_seconds": round(seconds, 1),
+    row = {"factory": params["factory"], "rule": params["rule"], "index_bytes": params["index_bytes"], "build_seconds": round(seconds, 1),
            "build_peak_rss_bytes": rss.peak, "disk_bytes": disk, "disk": human_bytes(disk),
            "search": params["search"], "recall@10": params["recall_curve"][-1]["recall@10"],
            "ms_per_query": params["recall_curve"][-1].get("ms_per_query"), "recall_curve": params["recall_curve"],
@@ -144,6 +144,29 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
            "mAP_kept": float(np.mean([c["index_mAP"] / max(c["exact_mAP"], 1e-12) for c in cells.values()]))}
     shutil.rmtree(out)
     return row
+
+
+# LAION's sizes, and the embedding throughputs the projection uses: ours measured on the 2-core CPU
+# (bench/results/embed-cpu2.json, EfficientNet-Lite0 at 128 px, decode + forward), and clip-retrieval's published
+# figure for ViT-L/14 on one 8 x A100 node (not measured here: no GPU was lent to this project's runs yet).
+TARGETS = {"LAION-400M": 400_000_000, "LAION-5B": 5_850_000_000}
+EMBED_IMG_S = {"efficientnet_lite0 128 px, 2 CPU cores (measured)": 14.5,
+               "ViT-L/14, one 8 x A100 node (clip-retrieval's figure)": 2500.0}
+
+
+def projection(row: dict) -> dict:
+    """Disk, RAM, build hours and embedding time at LAION's sizes, scaled linearly from one measured row
+    (adding vectors is linear in N; so is training on 100 x nlist vectors with nlist ~ sqrt(N) lists)."""
+    n, d = row["size"], row["dim"]
+    out = {}
+    for name, target in TARGETS.items():
+        scale = target / n
+        out[name] = {"vectors": target, "shards_float16_bytes": 2 * d * target,
+                     "index_disk_bytes": row["disk_bytes"] * scale, "index_ram_bytes": row["index_bytes"] * scale,
+                     "build_hours_2_cores": row["build_seconds"] * scale / 3600,
+                     "embedding_hours": {k: target / v / 3600 for k, v in EMBED_IMG_S.items()},
+                     "from": f"{row['factory']} at N={n:,}"}
+    return out
 
 
 def main() -> None:
@@ -188,7 +211,8 @@ def main() -> None:
                       f"{human_bytes(row['build_peak_rss_bytes'])}, disk {row['disk']}, recall@10 "
                       f"{row['recall@10']:.3f}, {row['ms_per_query']} ms/query, R@5 kept {row['R@5_kept']:.3f}, "
                       f"mAP kept {row['mAP_kept']:.3f}", flush=True)
-                write_json(args.out, {"rows": rows, "hardware": hardware(), "torch_threads": torch.get_num_threads(),
+                rule_rows = [r for r in rows if r["factory"] == rule]
+                write_json(args.out, {"rows": rows, "projection": projection(rule_rows[-1]) if rule_rows else None, "hardware": hardware(), "torch_threads": torch.get_num_threads(),
                                       "libraries": library_versions(), "memory_budget": memory,
                                       "data": f"embedded benchmark scale={args.scale} (efficientnet_lite0, "
                                       f"{args.image_size} px): {len(real):,} real distractors + Gaussian-matched "

@@ -175,16 +175,20 @@ def tradeoff_figure(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Recall@10 against query time, one line per index (its search parameter growing along it), and recall
     against bytes per vector: what an approximate index gives up for speed and memory."""
     fig, (speed, size) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    from matplotlib.ticker import NullFormatter
+
     for i, (name, rows) in enumerate(table.groupby("index", sort=False)):
-        c = PALETTE[i % len(PALETTE)]
-        speed.plot(rows["ms_per_query"], rows["recall@10"], "o-", color=c, label=name)
+        c, marker = PALETTE[i % len(PALETTE)], "osD^v"[i % 5]
+        speed.plot(rows["ms_per_query"], rows["recall@10"], "-", marker=marker, color=c, label=name)
         best = rows.iloc[-1]
-        size.scatter(best["bytes_per_vector"], best["recall@10"], color=c, s=60 - 10 * i, zorder=3 + i,
-                     edgecolor="white", label=name)
+        size.scatter(best["bytes_per_vector"], best["recall@10"], color=c, marker=marker, s=70 - 12 * i,
+                     zorder=3 + i, edgecolor="white", label=name)
     speed.set(xscale="log", xlabel="search time per query (ms, log scale)", ylabel="10-recall@10 vs exact (fraction)",
               title="recall vs speed (parameter grows along a line)")
     size.set(xscale="log", xlabel="index size per vector (bytes, log scale)", ylabel="10-recall@10 vs exact (fraction)",
              title="recall vs memory (at the largest parameter tried)")
+    for ax in (speed, size):  # after set(): setting the scale resets the formatters
+        ax.xaxis.set_minor_formatter(NullFormatter())
     speed.legend(fontsize=8)
     size.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
