@@ -23,10 +23,8 @@ Writes ``bench/results/index-<device>.json`` (one row per size and kind).
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,26 +32,7 @@ import numpy as np
 
 from ada_utils.files import human_bytes, write_json
 from ada_utils.project import hardware, library_versions
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 50 ms)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            rss = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-            self.peak = max(self.peak, rss)
-            time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from bench_retrieval import RssSampler  # the same sampler as the metric's benchmark (run from bench/)
 
 
 def real_features(scale: str, image_size: int):
@@ -126,7 +105,7 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
     from ada_utils.files import read_json
 
     out = work / f"index-{factory}".replace(",", "_")
-    with PeakRSS() as rss:
+    with RssSampler() as rss:
         t = time.perf_counter()
         build_index(gallery_dir, out, memory=memory, progress=False,
                     factory=None if factory == choose_index(gallery.rows, gallery.shape[1], memory).factory else factory)
@@ -136,7 +115,7 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
     cells = attribution(index, gallery, n_dist, bench, shortlist)
     disk = sum(p.stat().st_size for p in out.iterdir())
     row = {"factory": params["factory"], "rule": params["rule"], "index_bytes": params["index_bytes"], "build_seconds": round(seconds, 1),
-           "build_peak_rss_bytes": rss.peak, "disk_bytes": disk, "disk": human_bytes(disk),
+           "build_peak_rss_bytes": int(rss.peak["VmRSS"] * 2**20), "disk_bytes": disk, "disk": human_bytes(disk),
            "search": params["search"], "recall@10": params["recall_curve"][-1]["recall@10"],
            "ms_per_query": params["recall_curve"][-1].get("ms_per_query"), "recall_curve": params["recall_curve"],
            "shortlist": shortlist, "cells": cells,

@@ -198,49 +198,69 @@ def _gallery(args: argparse.Namespace, encoder):
 
     if (args.gallery / "manifest.json").is_file():
         feats = load_features(args.gallery)
-        if feats.manifest["encoder"] != json.loads(json.dumps(encoder.spec)):
-            raise ValueError(f"{args.gallery / 'manifest.json'}: gallery features come from encoder "
-                             f"{feats.manifest['encoder'].get('name')!r} with another spec than --backbone "
-                             f"{args.backbone!r}; embed the gallery with the same encoder")
+        _same_encoder(args, feats.manifest, encoder, "gallery features come", "embed the gallery with the same encoder")
         return feats
     return embed_images(encoder, image_files([args.gallery]), batch_size=args.batch_size,
                         num_workers=args.num_workers, on_error=args.on_error)
 
 
-def _attribute(args: argparse.Namespace) -> int:
-    from ada_utils.eval.attribute import attribute, contact_sheet, image_files
+def _same_encoder(args: argparse.Namespace, manifest: dict, encoder, what: str, fix: str) -> None:
+    """Raise unless the features of ``--gallery`` (their ``manifest``) come from the encoder of the flags."""
+    if manifest["encoder"] != json.loads(json.dumps(encoder.spec)):
+        raise ValueError(f"{args.gallery / 'manifest.json'}: {what} from encoder "
+                         f"{manifest['encoder'].get('name')!r} with another spec than --backbone "
+                         f"{args.backbone!r}; {fix}")
+
+
+def _queries(args: argparse.Namespace, encoder, skipped: dict[str, list[str]]):
+    """The decoded ``--query`` images' features and ids (what did not decode is listed with ``skipped``)."""
+    from ada_utils.eval.attribute import image_files
     from ada_utils.encoders import embed_images
+
+    queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
+                           progress=False, on_error=args.on_error)
+    _print_skipped({"query images": queries.skipped, **skipped}, "left out of the table")
+    q_feats, q_ids = queries.decoded()
+    if not q_ids:
+        raise ValueError("--query: no query image decodes")
+    return np.asarray(q_feats), q_ids
+
+
+def _print_attribution(args: argparse.Namespace, result, encoder, record: dict) -> None:
+    """Print the table; write the contact sheet (``--sheet``) and the rows with ``record`` (``--out``)."""
+    print(result.table())
+    if args.sheet:
+        from ada_utils.eval.attribute import contact_sheet
+
+        print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")
+    if args.out:
+        from ada_utils.files import write_json
+
+        write_json(args.out, {"rows": result.rows(), **record, "encoder": encoder.spec})
+        print(f"wrote {args.out}")
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    from ada_utils.eval.attribute import attribute
 
     if args.index not in ("flat", "ivf", "hnsw"):
         return _attribute_with_index(args)
     encoder = _load_encoder(args)
     gallery = _gallery(args, encoder)
-    queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
-                           progress=False, on_error=args.on_error)
-    _print_skipped({"query images": queries.skipped, "gallery images": gallery.skipped}, "left out of the table")
-    (q_feats, q_ids), (g_feats, g_ids) = queries.decoded(), gallery.decoded()
-    if not q_ids:
-        raise ValueError("--query: no query image decodes")
+    q_feats, q_ids = _queries(args, encoder, {"gallery images": gallery.skipped})
+    g_feats, g_ids = gallery.decoded()
     calibrator = _calibrator(args, encoder, dim=np.asarray(g_feats).shape[1])
-    result = attribute(np.asarray(q_feats), np.asarray(g_feats), query_ids=q_ids, gallery_ids=g_ids, top=args.top,
+    result = attribute(q_feats, np.asarray(g_feats), query_ids=q_ids, gallery_ids=g_ids, top=args.top,
                        index=args.index, calibrator=calibrator)
-    print(result.table())
-    if args.sheet:
-        print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")
-    if args.out:
-        from ada_utils.files import write_json
-
-        write_json(args.out, {"rows": result.rows(), "rest": None if result.rest is None else
-                              dict(zip(result.query_ids, map(float, result.rest))), "encoder": encoder.spec})
-        print(f"wrote {args.out}")
+    _print_attribution(args, result, encoder, {"rest": None if result.rest is None else
+                                    dict(zip(result.query_ids, map(float, result.rest)))})
     return 0
 
 
 def _attribute_with_index(args: argparse.Namespace) -> int:
     """``ada attribute --index DIR --gallery SHARDS``: shortlist from the index, exact re-ranking from the shards."""
-    from ada_utils.eval.attribute import attribute_with_index, image_files
+    from ada_utils.eval.attribute import attribute_with_index
     from ada_utils.eval.index import open_index
-    from ada_utils.encoders import embed_images
     from ada_utils.encoders.sharded import open_shards
 
     folder = Path(args.index)
@@ -251,31 +271,14 @@ def _attribute_with_index(args: argparse.Namespace) -> int:
         raise ValueError(f"--gallery {args.gallery}: with --index DIR, give the shard folder the index was built from "
                          "(ada embed IMAGES --shards OUT)")
     gallery, encoder = open_shards(args.gallery), _load_encoder(args)
-    if gallery.manifest["encoder"] != json.loads(json.dumps(encoder.spec)):
-        raise ValueError(f"{args.gallery / 'manifest.json'}: the shards come from encoder "
-                         f"{gallery.manifest['encoder'].get('name')!r} with another spec than --backbone "
-                         f"{args.backbone!r}; query with the encoder that embedded them")
-    queries = embed_images(encoder, image_files(args.query), batch_size=args.batch_size, num_workers=args.num_workers,
-                           progress=False, on_error=args.on_error)
-    _print_skipped({"query images": queries.skipped}, "left out of the table")
-    q_feats, q_ids = queries.decoded()
-    if not q_ids:
-        raise ValueError("--query: no query image decodes")
+    _same_encoder(args, gallery.manifest, encoder, "the shards come", "query with the encoder that embedded them")
+    q_feats, q_ids = _queries(args, encoder, {})
     calibrator = _calibrator(args, encoder, dim=int(gallery.manifest["dim"]))
-    result = attribute_with_index(np.asarray(q_feats), open_index(folder), gallery, query_ids=q_ids, top=args.top,
+    result = attribute_with_index(q_feats, open_index(folder), gallery, query_ids=q_ids, top=args.top,
                                   shortlist=args.shortlist, calibrator=calibrator)
-    print(result.table())
-    if args.sheet:
-        from ada_utils.eval.attribute import contact_sheet
-
-        print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")
-    if args.out:
-        from ada_utils.files import write_json
-
-        write_json(args.out, {"rows": result.rows(), "index": str(folder), "shortlist": args.shortlist,
-                              "outside_at_most": None if result.outside is None else
-                              dict(zip(result.query_ids, map(float, result.outside))), "encoder": encoder.spec})
-        print(f"wrote {args.out}")
+    _print_attribution(args, result, encoder, {"index": str(folder), "shortlist": args.shortlist, "outside_at_most":
+                                    None if result.outside is None else
+                                    dict(zip(result.query_ids, map(float, result.outside)))})
     return 0
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from ada_utils.data.images import OnError, decode_image, load_image
 from ada_utils.data.shards import list_shards, read_shard
-from ada_utils.encoders.embed import _padded, auto_batch_size, encoder_key
+from ada_utils.encoders.embed import _check_finite, _eval_mode, _padded, auto_batch_size, encoder_key
 from ada_utils.files import DamagedFileError, check_record, file_record, locked, read_json, save_npy, write_json
 
 FORMAT = 1
@@ -153,39 +153,32 @@ def _embed_one(encoder: nn.Module, shard: ShardInput, out: Path, plan: dict, bat
     device = next(encoder.parameters()).device
     layout = torch.channels_last if plan["layout"] == "channels_last" else torch.contiguous_format
     ids, skipped, rows, pending = [], [], [], []
-    was_training = encoder.training
-    encoder.eval().to(memory_format=layout)
+    encoder.to(memory_format=layout)
 
     def flush() -> None:
         x = torch.stack([t for _, t in pending])
         with torch.inference_mode():
             feats = encoder(_padded(x, batch_size).to(device).contiguous(memory_format=layout))[:len(x)]
         feats = feats.float().cpu().numpy()
-        if not np.isfinite(feats).all():
-            raise ValueError(f"{shard.tar or shard.files[0]}: the encoder returned NaN/Inf for decoded images "
-                             f"(first: {pending[int(np.flatnonzero(~np.isfinite(feats).all(1))[0])][0]}): check "
-                             "its weights")
+        _check_finite(encoder, feats, np.zeros(len(feats), dtype=bool), [i for i, _ in pending])
         rows.append(feats.astype(plan["dtype"]))
         ids.extend(i for i, _ in pending)
         pending.clear()
 
     start = time.perf_counter()
     with tqdm(total=shard.expected(), desc=f"[rank {rank}] {shard.name}", unit="img", position=rank,
-              disable=not progress, leave=False) as bar:
-        try:
-            for id_, img in shard.images(on_error):
-                if img is None:
-                    skipped.append(id_)
-                    continue
-                pending.append((id_, encoder.preprocess(img)))
-                if len(pending) == batch_size:
-                    flush()
-                    bar.update(batch_size)
-            if pending:
-                bar.update(len(pending))
+              disable=not progress, leave=False) as bar, _eval_mode(encoder):
+        for id_, img in shard.images(on_error):
+            if img is None:
+                skipped.append(id_)
+                continue
+            pending.append((id_, encoder.preprocess(img)))
+            if len(pending) == batch_size:
                 flush()
-        finally:
-            encoder.train(was_training)
+                bar.update(batch_size)
+        if pending:
+            bar.update(len(pending))
+            flush()
     feats = np.concatenate(rows) if rows else np.zeros((0, encoder.dim), dtype=plan["dtype"])
     write_shard(out, shard.name, feats, ids, skipped=skipped, seconds=time.perf_counter() - start, rank=rank)
 

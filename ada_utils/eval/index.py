@@ -108,9 +108,10 @@ def _quiet() -> Iterator[None]:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.array(x, dtype=np.float32, order="C")
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
+    """Float32, C-ordered unit rows (what faiss takes) of :func:`ada_utils.retrieval.unit_rows`."""
+    from ada_utils.retrieval import unit_rows
+
+    return np.ascontiguousarray(unit_rows(np.asarray(x, dtype=np.float32)))
 
 
 def _sample(feats: Any, count: int, seed: int) -> np.ndarray:
@@ -281,7 +282,8 @@ def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> t
     for value in values:
         faiss.ParameterSpace().set_index_parameter(index, name, value)
         found, seconds = _timed_search(index, queries)
-        curve.append({name: value, "recall@10": knn_recall(found, exact), "ms_per_query": 1000 * seconds / len(queries)})
+        curve.append({name: value, "recall@10": knn_recall(found, exact),
+                      "ms_per_query": 1000 * seconds / len(queries)})
         if curve[-1]["recall@10"] >= target:
             break
     return {"name": name, "value": curve[-1][name]}, curve
