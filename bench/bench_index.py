@@ -15,7 +15,8 @@ when the gallery (distractors and exemplars) is searched through the index (each
 distractors (:func:`ada_utils.retrieval.abc_metrics`, which stays the official one), as their ratio.
 
     python bench/bench_index.py --sizes 100000            # a check (minutes)
-    python bench/bench_index.py --sizes 1000000 10000000  # the issue's rows (hours on 2 cores; disk 2 B x D x N)
+    python bench/bench_index.py --sizes 1000000                             # 56 min on 2 cores
+    python bench/bench_index.py --sizes 10000000 --queries-per-cell 200     # hours; disk 2 B x D x N
 
 Writes ``bench/results/index-<device>.json`` (one row per size and kind).
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ada_utils.files import human_bytes, write_json
+from ada_utils.files import human_bytes, read_json, write_json
 from ada_utils.project import hardware, library_versions
 from bench_retrieval import RssSampler  # the same sampler as the metric's benchmark (run from bench/)
 
@@ -47,24 +48,29 @@ def real_features(scale: str, image_size: int):
 def drawn_gallery(real: np.ndarray, exemplars: list[np.ndarray], size: int, folder: Path, shard_rows: int,
                   seed: int) -> Path:
     """``size`` distractors (the real ones, then Gaussian vectors with their mean and covariance), then every test
-    case's exemplars (one shard each): the gallery a user would index."""
+    case's exemplars (one shard each): the gallery a user would index, drawn and written one shard at a time."""
     from ada_utils.encoders.sharded import write_feature_shards
 
     mean = real.mean(axis=0)
     factor = np.linalg.cholesky(np.cov(real, rowvar=False) + 1e-6 * np.eye(real.shape[1])).astype(np.float32)
     rng = np.random.default_rng(seed)
-    arrays, ids, made = [], [], 0
-    while made < size:
-        n = min(shard_rows, size - made)
-        take = real[made:made + n] if made < len(real) else np.zeros((0, real.shape[1]), np.float32)
-        drawn = rng.standard_normal((n - len(take), real.shape[1]), dtype=np.float32) @ factor.T + mean
-        arrays.append(np.concatenate([take, drawn]).astype(np.float16))
-        ids.append([f"real{made + i}" if made + i < len(real) else f"drawn{made + i}" for i in range(n)])
-        made += n
-    arrays += [e.astype(np.float16) for e in exemplars]
-    ids += [[f"case{c}-exemplar{i}" for i in range(len(e))] for c, e in enumerate(exemplars)]
-    return write_feature_shards(folder, arrays, ids, source={"name": "gaussian-matched", "seed": seed,
-                                                              "real_rows": len(real)})
+    starts = range(0, size, shard_rows)
+
+    def arrays():
+        for made in starts:
+            n = min(shard_rows, size - made)
+            take = real[made:made + n] if made < len(real) else np.zeros((0, real.shape[1]), np.float32)
+            drawn = rng.standard_normal((n - len(take), real.shape[1]), dtype=np.float32) @ factor.T + mean
+            yield np.concatenate([take, drawn]).astype(np.float16)
+        yield from (e.astype(np.float16) for e in exemplars)
+
+    def ids():
+        for made in starts:
+            yield [f"real{i}" if i < len(real) else f"drawn{i}" for i in range(made, min(made + shard_rows, size))]
+        yield from ([f"case{c}-exemplar{i}" for i in range(len(e))] for c, e in enumerate(exemplars))
+
+    return write_feature_shards(folder, arrays(), ids(), count=len(starts) + len(exemplars),
+                                source={"name": "gaussian-matched", "seed": seed, "real_rows": len(real)})
 
 
 class Head:
@@ -78,18 +84,22 @@ class Head:
         return self.feats[lo:hi]
 
 
-def attribution(index, gallery, n_dist: int, bench, shortlist: int) -> dict:
-    """Official R@5/mAP per cell: through the index, and exact over all distractors (the same float16 values)."""
+def attribution(index, gallery, n_dist: int, bench, shortlist: int, per_cell: int | None, seed: int) -> dict:
+    """Official R@5/mAP per cell: through the index, and exact over all distractors (the same float16 values), on
+    the same queries: all of them, or ``per_cell`` drawn with the seed (the exact metric costs Q x N products)."""
     from ada_utils.eval.index import metrics_through_index
     from ada_utils.retrieval import abc_metrics
 
-    cells, start = {}, n_dist
+    cells, start, rng = {}, n_dist, np.random.default_rng(seed)
     for name, case in bench.cases.items():
         rows = np.arange(start, start + len(case.exemplars))
         start += len(case.exemplars)
         exemplars = gallery.rows_at(rows)
         for prompt, q in case.queries.items():
-            qm = case.query_model[prompt]
+            qm = np.asarray(case.query_model[prompt])
+            if per_cell is not None and per_cell < len(q):
+                pick = np.sort(rng.choice(len(q), per_cell, replace=False))
+                q, qm = np.asarray(q)[pick], qm[pick]
             exact = abc_metrics(q, qm, exemplars, case.exemplar_model, Head(gallery, n_dist), ks=(5,))
             approx = metrics_through_index(index, gallery, n_dist, rows, case.exemplar_model, q, qm,
                                            shortlist=shortlist, ks=(5,))
@@ -99,10 +109,9 @@ def attribution(index, gallery, n_dist: int, bench, shortlist: int) -> dict:
 
 
 def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memory: int, work: Path,
-             shortlist: int) -> dict:
+             shortlist: int, per_cell: int | None, seed: int) -> dict:
     """Build, measure and score one index kind."""
     from ada_utils.eval.index import build_index, choose_index, open_index
-    from ada_utils.files import read_json
 
     out = work / f"index-{factory}".replace(",", "_")
     with RssSampler() as rss:
@@ -112,13 +121,17 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
         seconds = time.perf_counter() - t
     params = read_json(out / "params.json")
     index = open_index(out)
-    cells = attribution(index, gallery, n_dist, bench, shortlist)
+    t = time.perf_counter()
+    cells = attribution(index, gallery, n_dist, bench, shortlist, per_cell, seed)
+    scored = time.perf_counter() - t
     disk = sum(p.stat().st_size for p in out.iterdir())
     row = {"factory": params["factory"], "rule": params["rule"], "index_bytes": params["index_bytes"], "build_seconds": round(seconds, 1),
            "build_peak_rss_bytes": int(rss.peak["VmRSS"] * 2**20), "disk_bytes": disk, "disk": human_bytes(disk),
            "search": params["search"], "recall@10": params["recall_curve"][-1]["recall@10"],
            "ms_per_query": params["recall_curve"][-1].get("ms_per_query"), "recall_curve": params["recall_curve"],
-           "shortlist": shortlist, "cells": cells,
+           "phase_seconds": params["seconds"], "train_rows": params["train_rows"], "train_rule": params["train_rule"],
+           "attribution_seconds": round(scored, 1), "queries_per_cell": per_cell, "shortlist": shortlist,
+           "cells": cells, "measured": time.strftime("%Y-%m-%d"),
            "R@5_kept": float(np.mean([c["index_R@5"] / max(c["exact_R@5"], 1e-12) for c in cells.values()])),
            "mAP_kept": float(np.mean([c["index_mAP"] / max(c["exact_mAP"], 1e-12) for c in cells.values()]))}
     shutil.rmtree(out)
@@ -156,6 +169,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--shard-rows", type=int, default=100_000)
     parser.add_argument("--shortlist", type=int, default=1000)
+    parser.add_argument("--queries-per-cell", type=int, default=None,
+                        help="score this many queries of each test cell, drawn with the seed (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the gallery shards (default: a temp)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flat-max-bytes", type=float, default=8e9,
@@ -170,6 +185,8 @@ def main() -> None:
 
     memory, bench = parse_bytes(args.memory), real_features(args.scale, args.image_size)
     real = np.asarray(bench.distractors, dtype=np.float32)
+    # Rows of other sizes measured before stay in the file (each row says when it was measured).
+    kept = [r for r in read_json(args.out)["rows"] if r["size"] not in args.sizes] if args.out.is_file() else []
     rows = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
@@ -184,14 +201,17 @@ def main() -> None:
             fits = gallery.rows * real.shape[1] * 4 <= args.flat_max_bytes
             kinds = list(dict.fromkeys([rule] + (["Flat", f"IVF{default_nlist(gallery.rows)},Flat"] if fits else [])))
             for factory in kinds:
-                row = run_kind(gallery_dir, gallery, size, bench, factory, memory, work, args.shortlist)
+                row = run_kind(gallery_dir, gallery, size, bench, factory, memory, work, args.shortlist,
+                               args.queries_per_cell, args.seed)
                 rows.append({"size": size, "dim": real.shape[1], "gallery_seconds": round(made, 1), **row})
                 print(f"N={size:,} {row['factory']}: build {row['build_seconds']} s, peak "
                       f"{human_bytes(row['build_peak_rss_bytes'])}, disk {row['disk']}, recall@10 "
                       f"{row['recall@10']:.3f}, {row['ms_per_query']} ms/query, R@5 kept {row['R@5_kept']:.3f}, "
                       f"mAP kept {row['mAP_kept']:.3f}", flush=True)
-                rule_rows = [r for r in rows if r["factory"] == rule]
-                write_json(args.out, {"rows": rows, "projection": projection(rule_rows[-1]) if rule_rows else None, "hardware": hardware(), "torch_threads": torch.get_num_threads(),
+                every = sorted(kept + rows, key=lambda r: r["size"])
+                rule_rows = [r for r in every if r["rule"] != "given (--factory)"]
+                write_json(args.out, {"rows": every, "projection": projection(rule_rows[-1]) if rule_rows else None,
+                                      "hardware": hardware(), "torch_threads": torch.get_num_threads(),
                                       "libraries": library_versions(), "memory_budget": memory,
                                       "data": f"embedded benchmark scale={args.scale} (efficientnet_lite0, "
                                       f"{args.image_size} px): {len(real):,} real distractors + Gaussian-matched "

@@ -12,7 +12,8 @@ import pytest
 
 from ada_utils.cli import main
 from ada_utils.encoders.sharded import open_shards, write_feature_shards
-from ada_utils.eval.index import (build_index, choose_index, exact_search, knn_recall, open_index, parse_bytes)
+from ada_utils.eval.index import (build_index, choose_index, exact_search, knn_recall, open_index, parse_bytes,
+                                  training_rows)
 
 
 def test_the_memory_rules_choose_like_autofaiss():
@@ -33,6 +34,26 @@ def test_exact_search_and_recall_have_known_values():
     scores, idx = exact_search(feats, np.array([[0, 0, 1, 0.5]], dtype=np.float32) / np.sqrt(1.25), 2, block=1)
     assert idx.tolist() == [[2, 3]] and np.allclose(scores, [[1 / np.sqrt(1.25), 0.5 / np.sqrt(1.25)]])
     assert knn_recall(np.array([[1, 2, 9]]), np.array([[2, 1, 3]])) == pytest.approx(2 / 3)
+
+
+def test_exact_search_keeps_the_order_of_a_stable_sort_with_ties():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(50, 8)).astype(np.float32)
+    x = base[rng.integers(0, 50, 900)]  # repeated rows: many exact ties, across blocks and shards
+    feats = type("F", (), {"arrays": [x[:400], x[400:]], "rows": 900})
+    q = base[:6] / np.linalg.norm(base[:6], axis=1, keepdims=True)
+    scores, idx = exact_search(feats, q, 25, block=64)
+    full = q @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    order = np.argsort(-full, axis=1, kind="stable")[:, :25]
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, order, 1), rtol=1e-6)
+
+
+def test_the_training_sample_follows_the_lists_and_the_build_memory():
+    assert training_rows(10_000_000, 16384, 1280, 1 << 40) == (1_638_400, "min(N, max(100 x 16384 lists, 9,984))")
+    assert training_rows(5000, 64, 32, 1 << 40)[0] == 5000
+    rows, why = training_rows(10_000_000, 16384, 1280, 10 << 30)
+    assert rows == (10 << 30) // (12 * 1280) and "fit the build memory" in why
 
 
 @pytest.fixture()
@@ -70,6 +91,21 @@ def test_ada_index_build_chooses_from_the_budget_and_reports_recall(shards, tmp_
     assert "Flat over 7,000 vectors" in out and "10-recall@10 1.000" in out
     assert main(["index", "build", str(shards), "--out", str(tmp_path / "x"), "--memory", "1KB"]) == 2
     assert "too little for 7,000 vectors" in capsys.readouterr().err
+
+
+def test_a_query_time_bound_and_a_build_memory_are_kept(shards, tmp_path, capsys):
+    free = build_index(shards, tmp_path / "free", memory=1 << 30, factory="IVF64,Flat", progress=False)
+    loose = build_index(shards, tmp_path / "loose", memory=1 << 30, factory="IVF64,Flat", progress=False,
+                        max_ms_per_query=1e9)
+    assert json.loads((loose / "params.json").read_text())["search"] == json.loads((free / "params.json").read_text())["search"]
+    args = ["index", "build", str(shards), "--factory", "IVF64,Flat", "--max-ms", "1e-9", "--build-memory", "400KB"]
+    assert main([*args, "--out", str(tmp_path / "tight")]) == 0
+    params = json.loads((tmp_path / "tight" / "params.json").read_text())
+    assert params["search"] == {"name": "nprobe", "value": 1} and len(params["recall_curve"]) == 1
+    assert params["train_rows"] == (400 << 10) // (12 * 32) and "fit the build memory" in params["train_rule"]
+    assert set(params["seconds"]) == {"train", "add", "merge", "tune"}
+    assert "trained on 1,066 vectors for 64 lists (faiss asks for 39 per list): 1,066 fit the build memory" \
+        in capsys.readouterr().err
 
 
 def _queries(shards: Path, n: int = 20) -> np.ndarray:

@@ -18,7 +18,9 @@ import pytest
 
 from ada_utils.data.shards import ShardError, list_shards, read_shard, sample_key
 from ada_utils.encoders import embed_images
-from ada_utils.encoders.sharded import embed_shards, open_shards, shard_inputs, verify_shards
+from ada_utils.encoders.sharded import (embed_shards, open_shards, shard_inputs, verify_shards,
+                                       write_feature_shards)
+from ada_utils.files import DamagedFileError
 from test_embed import TinyEncoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +104,23 @@ def test_shards_resume_one_by_one_and_match_the_feature_cache(jpgs, tmp_path):
         embed_shards(encoder, shard_inputs(shards), out, dtype="float16", progress=False)
 
 
+def test_ids_are_read_per_shard_and_a_resized_array_is_refused(tmp_path):
+    parts = [np.ones((n, 4), np.float32) * i for i, n in enumerate((3, 0, 5))]
+    names = [[f"s{i}-{r}" for r in range(len(a))] for i, a in enumerate(parts)]
+    out = write_feature_shards(tmp_path / "f", parts, names, source={"name": "test"}, dtype="float32")
+    found = open_shards(out)
+    assert found.ids._shard.cache_info().currsize == 0  # nothing read at open
+    assert found.ids[4] == "s2-1" and found.ids[-1] == "s2-4" and found.ids[2:4] == ["s0-2", "s2-0"]
+    assert list(found.ids) == [i for n in names for i in n] and found.ids._shard.cache_info().currsize == 2
+    with pytest.raises(IndexError, match="row 8 of a gallery of 8"):
+        found.ids[8]
+    emb = out / "emb" / "00002.npy"
+    for damage in (emb.read_bytes()[:-4], emb.read_bytes() + bytes(4)):
+        emb.write_bytes(damage)
+        with pytest.raises(DamagedFileError, match=rf"{emb}: missing or of another size"):
+            open_shards(out)
+
+
 def test_image_lists_are_cut_into_shards_and_bad_samples_follow_on_error(jpgs, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
@@ -136,6 +155,6 @@ def test_two_torchrun_processes_write_the_shards_of_one(jpgs, tmp_path):
     ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two" / "ids").glob("*.json")}
     assert ranks <= {0, 1} and len(list((tmp_path / "two" / "ids").glob("*.json"))) == len(shards)
     a, b = open_shards(tmp_path / "one"), open_shards(tmp_path / "two")
-    assert a.ids == b.ids
+    assert list(a.ids) == list(b.ids)
     np.testing.assert_array_equal(a.rows_at(np.arange(30)), b.rows_at(np.arange(30)))
     shutil.rmtree(tmp_path / "tars")

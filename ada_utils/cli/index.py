@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-memory", action="store_true", help="build in RAM instead of merging parts on disk")
     p.add_argument("--target-recall", type=float, default=0.95,
                    help="the search parameter reaches this 10-recall@10 against exact search (default 0.95)")
+    p.add_argument("--max-ms", type=float, default=None,
+                   help="query-time bound: the search parameter of highest recall within this many ms per query")
+    p.add_argument("--build-memory", default=None,
+                   help="memory the training sample may take (default: half of the memory available now)")
     p.add_argument("--queries", type=int, default=500, help="gallery vectors the recall is measured on")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample and the recall queries")
     p.set_defaults(func=_build)
@@ -31,12 +35,16 @@ def _build(args: argparse.Namespace) -> int:
 
     if not 0 < args.target_recall <= 1:
         raise ValueError(f"--target-recall {args.target_recall}: must lie in (0, 1]")
+    if args.max_ms is not None and args.max_ms <= 0:
+        raise ValueError(f"--max-ms {args.max_ms}: must be positive (milliseconds per query)")
     out = build_index(args.shards, args.out, memory=parse_bytes(args.memory), factory=args.factory,
                       in_memory=args.in_memory, target_recall=args.target_recall, n_queries=args.queries,
-                      seed=args.seed)
+                      seed=args.seed, max_ms_per_query=args.max_ms,
+                      build_memory=None if args.build_memory is None else parse_bytes(args.build_memory))
     params = read_json(out / "params.json")
     search = params["search"]
     print(f"{params['factory']} over {params['rows']:,} vectors in {out} ({params['rule']}); "
           f"10-recall@10 {params['recall_curve'][-1]['recall@10']:.3f}"
-          + (f" at {search['name']}={search['value']}" if search else "") + f", built in {params['build_seconds']} s")
+          + (f" at {search['name']}={search['value']}" if search else "") + f", built in {params['build_seconds']} s ("
+          + ", ".join(f"{phase} {s} s" for phase, s in params["seconds"].items()) + ")")
     return 0

@@ -16,9 +16,10 @@ file_format="npy")``), which reads a folder of ``.npy`` files in name order as t
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,12 +194,13 @@ def write_shard(out: Path, name: str, feats: np.ndarray, ids: list[str], *, skip
                                               "seconds": round(seconds, 3), "rank": rank})
 
 
-def write_feature_shards(out: str | Path, arrays: Sequence[np.ndarray], ids: Sequence[Sequence[str]], *,
-                         source: dict[str, Any], dtype: str = "float16") -> Path:
+def write_feature_shards(out: str | Path, arrays: Iterable[np.ndarray], ids: Iterable[Sequence[str]], *,
+                         source: dict[str, Any], dtype: str = "float16", count: int | None = None) -> Path:
     """A shard folder of features computed elsewhere (drawn vectors for a benchmark, another tool's embeddings):
-    ``source`` stands for the encoder key in the plan (it names where the vectors come from)."""
+    ``source`` stands for the encoder key in the plan (it names where the vectors come from). ``arrays`` and ``ids``
+    may be generators of ``count`` shards, read one shard at a time (a gallery larger than memory)."""
     out = Path(out)
-    names = [f"{i:05d}" for i in range(len(arrays))]
+    names = [f"{i:05d}" for i in range(len(arrays) if count is None else count)]
     plan = {"encoder": source, "encoder_state_sha256": None, "layout": None, "transform": None, "dtype": dtype,
             "format": FORMAT, "shards": names}
     _start(out, plan)
@@ -229,12 +231,38 @@ def _finish(out: Path, plan: dict, inputs: Sequence[ShardInput], timeout: float)
         write_json(manifest, {**plan, "dim": dim, "rows": sum(s["rows"] for s in shards), "shards": shards})
 
 
+class ShardIds(Sequence):
+    """The ids of a shard folder in row order, read one shard's ids file at a time when asked for (a gallery of
+    a billion keys is not held in memory; the last few shards read stay cached)."""
+
+    def __init__(self, folder: Path, names: list[str], counts: list[int]) -> None:
+        self.folder, self.names = folder, names
+        self.starts = np.cumsum([0] + counts)
+        self._shard = functools.lru_cache(maxsize=8)(self._read)
+
+    def _read(self, s: int) -> list[str]:
+        return read_json(self.folder / "ids" / f"{self.names[s]}.json")["ids"]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, row: int | slice) -> str | list[str]:
+        if isinstance(row, slice):
+            return [self[r] for r in range(*row.indices(len(self)))]
+        row = int(row) + len(self) if int(row) < 0 else int(row)
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} of a gallery of {len(self):,}")
+        s = int(np.searchsorted(self.starts, row, side="right") - 1)
+        return self._shard(s)[row - int(self.starts[s])]
+
+
 @dataclass
 class ShardedFeatures:
-    """A finished shard folder: ``ids`` in shard order, ``arrays`` one read-only memory map per shard."""
+    """A finished shard folder: ``ids`` in shard order (read per shard), ``arrays`` one read-only memory map per
+    shard."""
 
     path: Path
-    ids: list[str]
+    ids: ShardIds
     arrays: list[np.ndarray]
     manifest: dict
 
@@ -284,16 +312,23 @@ def open_shards(folder: str | Path) -> ShardedFeatures:
         raise FileNotFoundError(f"{folder}: no manifest.json: not a finished shard folder (ada embed --shards "
                                 "writes it once every shard is done; re-run that command to finish it)")
     manifest = read_json(manifest_path)
-    ids, arrays = [], []
-    for shard in manifest["shards"]:
-        info = read_json(folder / "ids" / f"{shard['name']}.json")
-        emb = folder / "emb" / f"{shard['name']}.npy"
-        if not emb.is_file() or emb.stat().st_size != info["emb"]["bytes"]:
-            raise DamagedFileError(f"{emb}: missing or of another size than written: re-run the ada embed --shards "
-                                   "command (it embeds this shard again)")
-        ids += info["ids"]
-        arrays.append(np.load(emb, mmap_mode="r" if info["ids"] else None))  # (an empty file: no map)
-    return ShardedFeatures(folder, ids, arrays, manifest)
+    arrays = [_open_emb(folder / "emb" / f"{shard['name']}.npy", shard["rows"]) for shard in manifest["shards"]]
+    names, counts = [s["name"] for s in manifest["shards"]], [s["rows"] for s in manifest["shards"]]
+    return ShardedFeatures(folder, ShardIds(folder, names, counts), arrays, manifest)
+
+
+def _open_emb(emb: Path, rows: int) -> np.ndarray:
+    """One shard's array, memory-mapped, checked against the manifest's row count and its own header's size."""
+    damaged = DamagedFileError(f"{emb}: missing or of another size than written: re-run the ada embed --shards "
+                               "command (it embeds this shard again)")
+    try:
+        arr = np.load(emb, mmap_mode="r" if rows else None)  # (an empty file: no map)
+    except (OSError, ValueError):
+        raise damaged from None
+    size = arr.offset + arr.nbytes if rows else emb.stat().st_size
+    if len(arr) != rows or emb.stat().st_size != size:
+        raise damaged
+    return arr
 
 
 def verify_shards(folder: str | Path) -> list[str]:

@@ -11,13 +11,16 @@ pinned faiss and pyarrow versions clash with ours, and its choices are a few lin
 
 ``nlist`` is the power of two nearest to 4 sqrt(N) (faiss's guideline: 4 to 16 sqrt(N)); the quantiser trains on
 ``min(N, max(100 nlist, 9,984))`` vectors (9,984 = 39 per centroid of a PQ codebook, faiss's minimum) drawn
-from the whole gallery with the seed. The index is filled shard by shard: each
+from the whole gallery with the seed, fewer when they would not fit ``build_memory`` (as autofaiss caps its
+training set by the memory available): a training vector takes 12 D bytes while faiss trains (the sample, its
+rotated copy and its residuals). The index is filled shard by shard: each
 shard's part is written to ``parts/`` and the parts are merged into one on-disk inverted-list file
 (``faiss.contrib.ondisk.merge_ondisk``) that queries read memory-mapped, so the build never holds more than one
 shard's vectors; ``in_memory=True`` builds one index in RAM instead (the same vectors, the same results). The
 search parameter (``nprobe``, or ``efSearch``) is the smallest whose 10-recall@10 against exact search reaches
 ``target_recall`` on ``n_queries`` vectors drawn from the gallery (each finds itself in both searches; the
-attribution a user cares about is measured by ``bench/bench_index.py``). The inverted-list file is named
+attribution a user cares about is measured by ``bench/bench_index.py``); under a query-time bound
+(``max_ms_per_query``, as autofaiss tunes) it is the one of highest recall among those within the bound. The inverted-list file is named
 beside ``index.faiss`` and opened from there, so the folder can be moved or shared as a whole.
 """
 
@@ -114,26 +117,58 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(unit_rows(np.asarray(x, dtype=np.float32)))
 
 
+def available_memory() -> int:
+    """Bytes the kernel says a new allocation can take now (MemAvailable), or half the physical memory."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def training_rows(n: int, nlist: int, d: int, build_memory: int) -> tuple[int, str]:
+    """How many vectors the index trains on, and why (the rule of the module docstring)."""
+    wanted = min(n, max(100 * nlist, 39 * 256))
+    fits = build_memory // (12 * d)
+    if fits >= wanted:
+        return wanted, f"min(N, max(100 x {nlist} lists, 9,984))"
+    return max(min(fits, n), 1), (f"{fits:,} fit the build memory ({build_memory:,} bytes at 12 x {d} bytes each), "
+                                  f"fewer than the {wanted:,} of 100 per list")
+
+
 def _sample(feats: Any, count: int, seed: int) -> np.ndarray:
     rows = np.sort(np.random.default_rng(seed).choice(feats.rows, size=min(count, feats.rows), replace=False))
     return _unit(feats.rows_at(rows))
 
 
 def exact_search(feats: Any, queries: np.ndarray, k: int, *, block: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top ``k`` of unit ``queries`` over every shard, block by block (memory: one block)."""
+    """Exact cosine top ``k`` of unit ``queries`` over every shard, block by block (memory: one block); ties go to
+    the lower row, as a stable descending sort of all scores would order them."""
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
     start = 0
     for arr in feats.arrays:
         for lo in range(0, len(arr), block):
             scores = queries @ _unit(arr[lo:lo + block]).T
-            best_s = np.concatenate([best_s, scores], axis=1)
-            best_i = np.concatenate([best_i, np.broadcast_to(np.arange(start + lo, start + lo + len(scores[0])),
-                                                             scores.shape)], axis=1)
-            keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-            best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+            ids = np.broadcast_to(np.arange(start + lo, start + lo + scores.shape[1]), scores.shape)
+            best_s, best_i = _top_k(np.concatenate([best_s, scores], axis=1),
+                                    np.concatenate([best_i, ids], axis=1), k)
         start += len(arr)
     return best_s, best_i
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` highest scores in descending order, ties in column order (the columns' ids ascend among
+    equal scores): a partition finds the k-th score, every higher one is kept and the first equal ones fill up to k,
+    so only k columns are sorted instead of the whole block."""
+    if scores.shape[1] > k:
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]
+        above, tied = scores > kth, scores == kth
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+        cols = np.nonzero(keep)[1].reshape(len(scores), k)
+        scores, ids = np.take_along_axis(scores, cols, 1), np.take_along_axis(ids, cols, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def knn_recall(found: np.ndarray, exact: np.ndarray) -> float:
@@ -144,8 +179,12 @@ def knn_recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: str | None = None,
                 in_memory: bool = False, target_recall: float = 0.95, n_queries: int = 500, seed: int = 0,
+                build_memory: int | None = None, max_ms_per_query: float | None = None,
                 progress: bool = True) -> Path:
-    """Build the index of the shard folder ``shards`` into ``out`` (``index.faiss``, ``params.json``)."""
+    """Build the index of the shard folder ``shards`` into ``out`` (``index.faiss``, ``params.json``).
+
+    ``memory`` bounds the index at query time (the rules), ``build_memory`` the training sample (default: half of
+    the memory available now); ``params.json`` records the seconds of each phase (train, add, merge, tune)."""
     import faiss
     from tqdm.auto import tqdm
 
@@ -160,32 +199,42 @@ def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: st
     ivf = _ivf(index)
     # Fast-scan codes sit in blocked lists, which faiss cannot merge on disk: those are built in memory.
     on_disk = ivf is not None and not in_memory and not type(faiss.downcast_index(ivf)).__name__.endswith("FastScan")
-    train_rows = 0
-    if not index.is_trained:  # about 100 points per list, and 39 per centroid of a PQ's 256 (faiss's minimum)
-        sample = _sample(feats, max(100 * (ivf.nlist if ivf is not None else 0), 39 * 256), seed)
+    build_memory = available_memory() // 2 if build_memory is None else build_memory
+    train_rows, train_rule, seconds = 0, None, {}
+    if not index.is_trained:
+        t = time.perf_counter()
+        count, train_rule = training_rows(n, ivf.nlist if ivf is not None else 0, d, build_memory)
+        sample = _sample(feats, count, seed)
         train_rows = len(sample)
         if ivf is not None and train_rows < 39 * ivf.nlist:
             print(f"[index] {choice.factory}: trained on {train_rows:,} vectors for {ivf.nlist} lists (faiss asks for "
-                  f"39 per list): a gallery this small gains little from an approximate index", file=sys.stderr)
+                  f"39 per list): {train_rule}", file=sys.stderr)
         with _quiet():
             index.train(sample)
+        del sample
+        seconds["train"] = round(time.perf_counter() - t, 2)
     offsets = np.cumsum([0] + [len(a) for a in feats.arrays])
     bar = tqdm(total=n, desc="index", unit="vec", disable=not progress)
+    t = time.perf_counter()
     if not on_disk:
         for s, arr in enumerate(feats.arrays):
             _add(index, arr, offsets[s], ivf is not None)
             bar.update(len(arr))
         faiss.write_index(index, str(out / "index.faiss"))
+        seconds["add"] = round(time.perf_counter() - t, 2)
     else:
-        _build_on_disk(index, feats, offsets, out, bar)
+        seconds.update(_build_on_disk(index, feats, offsets, out, bar))
     bar.close()
-    index = open_index(out, params=False)
-    param, curve = _tune(index, feats, target_recall, n_queries, seed)
+    index, t = open_index(out, params=False), time.perf_counter()
+    param, curve = _tune(index, feats, target_recall, n_queries, seed, max_ms_per_query)
+    seconds["tune"] = round(time.perf_counter() - t, 2)
     params = {"factory": choice.factory, "rule": choice.rule, "rows": n, "dim": d, "memory_budget": memory,
               "index_bytes": choice.index_bytes, "on_disk": on_disk, "train_rows": train_rows,
-              "search": param, "recall_curve": curve, "target_recall": target_recall, "n_queries": n_queries,
-              "seed": seed, "build_seconds": round(time.perf_counter() - t0, 2), "shards": str(Path(shards)),
-              "encoder": feats.manifest.get("encoder"), "dtype": feats.manifest.get("dtype")}
+              "train_rule": train_rule, "build_memory": build_memory, "search": param, "recall_curve": curve,
+              "target_recall": target_recall, "max_ms_per_query": max_ms_per_query, "n_queries": n_queries,
+              "seed": seed, "build_seconds": round(time.perf_counter() - t0, 2), "seconds": seconds,
+              "shards": str(Path(shards)), "encoder": feats.manifest.get("encoder"),
+              "dtype": feats.manifest.get("dtype")}
     write_json(out / "params.json", params)
     return out
 
@@ -207,12 +256,13 @@ def _add(index: Any, arr: np.ndarray, start: int, with_ids: bool) -> None:
         index.add(x)
 
 
-def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar: Any) -> None:
-    """One part per shard in ``parts/``, merged into ``index.ivfdata`` (read memory-mapped at query time)."""
+def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar: Any) -> dict:
+    """One part per shard in ``parts/``, merged into ``index.ivfdata`` (read memory-mapped at query time);
+    returns the seconds of the two phases."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
-    parts = out / "parts"
+    t, parts = time.perf_counter(), out / "parts"
     parts.mkdir(exist_ok=True)
     names = []
     for s, arr in enumerate(feats.arrays):
@@ -222,6 +272,7 @@ def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar
         faiss.write_index(part, names[-1])
         bar.update(len(arr))
         del part
+    added, t = round(time.perf_counter() - t, 2), time.perf_counter()
     (out / IVFDATA).unlink(missing_ok=True)
     with _quiet():
         merge_ondisk(trained, names, str(out / IVFDATA))
@@ -229,6 +280,7 @@ def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar
     for name in names:
         Path(name).unlink()
     parts.rmdir()
+    return {"add": added, "merge": round(time.perf_counter() - t, 2)}
 
 
 IVFDATA = "index.ivfdata"
@@ -264,8 +316,10 @@ def _timed_search(index: Any, queries: np.ndarray, repeats: int = 3) -> tuple[np
     return found, best
 
 
-def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> tuple[dict | None, list[dict]]:
-    """The smallest search parameter reaching ``target`` 10-recall@10 (the largest tried if none does)."""
+def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int, max_ms: float | None = None
+          ) -> tuple[dict | None, list[dict]]:
+    """The smallest search parameter reaching ``target`` 10-recall@10 (the largest tried if none does); with a
+    query-time bound ``max_ms``, the one of highest recall within it (the first value tried if none is)."""
     import faiss
 
     queries = _sample(feats, n_queries, seed + 1)
@@ -284,9 +338,11 @@ def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int) -> t
         found, seconds = _timed_search(index, queries)
         curve.append({name: value, "recall@10": knn_recall(found, exact),
                       "ms_per_query": 1000 * seconds / len(queries)})
-        if curve[-1]["recall@10"] >= target:
+        if curve[-1]["recall@10"] >= target or (max_ms is not None and curve[-1]["ms_per_query"] > max_ms):
             break
-    return {"name": name, "value": curve[-1][name]}, curve
+    within = [p for p in curve if max_ms is None or p["ms_per_query"] <= max_ms] or curve[:1]
+    chosen = within[-1] if max_ms is None else max(within, key=lambda p: (p["recall@10"], -p[name]))
+    return {"name": name, "value": chosen[name]}, curve
 
 
 def metrics_through_index(index: Any, gallery: Any, n_distractors: int, exemplar_rows: np.ndarray,
