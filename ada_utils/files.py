@@ -199,11 +199,11 @@ def known_record(path: str | Path, sha256: str) -> dict[str, Any]:
     return {"bytes": st.st_size, "sha256": sha256, "mtime_ns": st.st_mtime_ns}
 
 
-def check_record(path: str | Path, record: dict[str, Any] | None) -> str | None:
+def check_record(path: str | Path, record: dict[str, Any] | None, *, content: bool = True) -> str | None:
     """Why ``path`` no longer matches ``record`` (:func:`file_record`), or None when it does (or has no record).
 
-    The size is compared first (a truncated file costs nothing to detect); then the SHA-256, once per process for
-    each state of the file, so that a damaged file of the right size is caught too.
+    The size is compared first (a truncated file costs nothing to detect); then, unless ``content`` is False, the
+    SHA-256, once per process for each state of the file, so that a damaged file of the right size is caught too.
     """
     if not record:
         return None
@@ -214,7 +214,7 @@ def check_record(path: str | Path, record: dict[str, Any] | None) -> str | None:
     if st.st_size != record["bytes"]:
         return f"{path}: {st.st_size} bytes, but {record['bytes']} were written (truncated or replaced)"
     key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if _VERIFIED.get(key) != record["sha256"]:
+    if content and _VERIFIED.get(key) != record["sha256"]:
         if sha256_file(path) != record["sha256"]:
             return f"{path}: its content differs from what was written (SHA-256 mismatch: damaged on disk)"
         _VERIFIED[key] = record["sha256"]

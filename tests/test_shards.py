@@ -18,7 +18,7 @@ import pytest
 
 from ada_utils.data.shards import ShardError, list_shards, read_shard, sample_key
 from ada_utils.encoders import embed_images
-from ada_utils.encoders.sharded import (embed_shards, open_shards, shard_inputs, verify_shards,
+from ada_utils.encoders.sharded import (embed_shards, open_shards, shard_done, shard_inputs, verify_shards,
                                        write_feature_shards)
 from ada_utils.files import DamagedFileError
 from test_embed import TinyEncoder
@@ -119,6 +119,17 @@ def test_ids_are_read_per_shard_and_a_resized_array_is_refused(tmp_path):
         emb.write_bytes(damage)
         with pytest.raises(DamagedFileError, match=rf"{emb}: missing or of another size"):
             open_shards(out)
+
+
+def test_a_shard_finished_during_this_run_is_checked_by_size_one_from_before_by_content(tmp_path, capsys):
+    out = write_feature_shards(tmp_path / "f", [np.ones((5, 4), np.float32)], [list("abcde")],
+                               source={"name": "test"}, dtype="float32")
+    emb = out / "emb" / "00000.npy"
+    emb.write_bytes(emb.read_bytes()[:-4] + bytes(4))  # same size, other content
+    written = (out / "ids" / "00000.json").stat().st_mtime
+    assert shard_done(out, "00000", since=written)  # another rank wrote it in this run: size only
+    assert not shard_done(out, "00000", since=written + 1) and "SHA-256 mismatch" in capsys.readouterr().err
+    assert not (out / "ids" / "00000.json").exists()  # to be embedded again
 
 
 def test_image_lists_are_cut_into_shards_and_bad_samples_follow_on_error(jpgs, tmp_path):

@@ -92,13 +92,15 @@ def embed_shards(encoder: nn.Module, inputs: Sequence[ShardInput], out: str | Pa
     """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    out = Path(out)
+    out, started = Path(out), time.time()
     plan = {**encoder_key(encoder), "dtype": dtype, "format": FORMAT, "shards": [s.name for s in inputs]}
     _start(out, plan)
     order = list(inputs[rank % len(inputs):]) + list(inputs[:rank % len(inputs)])
-    busy = [s for s in order if not _take(encoder, s, out, plan, batch_size, on_error, rank, progress, wait=False)]
+    take = functools.partial(_take, encoder, out=out, plan=plan, batch_size=batch_size, on_error=on_error, rank=rank,
+                             progress=progress, since=started)
+    busy = [s for s in order if not take(s, wait=False)]
     for shard in busy:  # held by another process: wait for its lock, then it is done (or resumed here)
-        _take(encoder, shard, out, plan, batch_size, on_error, rank, progress, wait=True)
+        take(shard, wait=True)
     _finish(out, plan, inputs, timeout)
     return out
 
@@ -120,25 +122,28 @@ def _start(out: Path, plan: dict) -> None:
             write_json(found, plan)
 
 
-def shard_done(out: Path, name: str) -> bool:
-    """Whether shard ``name`` is finished in ``out`` and its array matches its record."""
+def shard_done(out: Path, name: str, since: float | None = None) -> bool:
+    """Whether shard ``name`` is finished in ``out`` and its array matches its record: by size alone when it was
+    finished at or after ``since`` (by another process of this run, written atomically moments ago: each of many
+    ranks would otherwise hash every other rank's shards), by size and SHA-256 when it was there before."""
     ids = out / "ids" / f"{name}.json"
     if not ids.is_file():
         return False
-    damage = check_record(out / "emb" / f"{name}.npy", read_json(ids)["emb"])
+    fresh = since is not None and ids.stat().st_mtime >= since
+    damage = check_record(out / "emb" / f"{name}.npy", read_json(ids)["emb"], content=not fresh)
     if damage:
         print(f"{damage}: this shard is embedded again", file=sys.stderr)
         ids.unlink()
     return damage is None
 
 
-def _take(encoder: nn.Module, shard: ShardInput, out: Path, plan: dict, batch_size: int | None, on_error: OnError,
-          rank: int, progress: bool, *, wait: bool) -> bool:
+def _take(encoder: nn.Module, shard: ShardInput, *, out: Path, plan: dict, batch_size: int | None,
+          on_error: OnError, rank: int, progress: bool, since: float, wait: bool) -> bool:
     """Embed ``shard`` unless it is done; False when another process holds it (and ``wait`` is False)."""
     emb = out / "emb" / f"{shard.name}.npy"
     try:
         with locked(emb, refuse="" if wait else "held"):
-            if not shard_done(out, shard.name):
+            if not shard_done(out, shard.name, since):
                 _embed_one(encoder, shard, out, plan, batch_size, on_error, rank, progress)
     except FileExistsError:
         return False
