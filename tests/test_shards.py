@@ -149,15 +149,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_torchrun_processes_write_the_shards_of_one(jpgs, tmp_path):
-    """``torchrun --nproc_per_node 2 -m ada_utils embed TARS --shards OUT``: the same shards as one process."""
+def _torchrun(launch: str, args: list[str], env: dict) -> None:
+    """``torchrun`` with 2 processes on this node, or as 2 nodes of 1 process each (``--nnodes 2 --node_rank i``
+    with a rendezvous on localhost: two launchers, as two machines on a shared file system would run them)."""
+    torchrun, port = [sys.executable, "-m", "torch.distributed.run"], _free_port()
+    if launch == "2 processes":
+        cmds = [[*torchrun, "--nproc_per_node=2", f"--master_port={port}", *args]]
+    else:
+        cmds = [[*torchrun, "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                 f"--master_port={port}", *args] for i in range(2)]
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+
+
+@pytest.mark.parametrize("launch", ["2 processes", "2 nodes"])
+def test_two_torchrun_processes_write_the_shards_of_one(jpgs, tmp_path, launch):
+    """``torchrun --nproc_per_node 2 -m ada_utils embed TARS --shards OUT`` (or ``--nnodes 2``): the same shards as
+    one process."""
     shards = make_shards(jpgs, tmp_path / "tars", per_shard=8)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["-m", "ada_utils", "embed", str(tmp_path / "tars"), "--image-size", "32", "--batch-size", "4"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={_free_port()}", *common, "--shards", str(tmp_path / "two")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-4000:]
+    _torchrun(launch, [*common, "--shards", str(tmp_path / "two")], env)
     one = subprocess.run([sys.executable, *common, "--shards", str(tmp_path / "one")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-4000:]
