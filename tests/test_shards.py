@@ -121,6 +121,19 @@ def test_ids_are_read_per_shard_and_a_resized_array_is_refused(tmp_path):
             open_shards(out)
 
 
+def test_embedding_reader_reads_a_shard_folder_in_row_order(tmp_path):
+    from embedding_reader import EmbeddingReader
+
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(n, 8)).astype(np.float32) for n in (7, 0, 5, 11)]  # an empty shard among them
+    out = write_feature_shards(tmp_path / "f", parts, [[f"{i}-{r}" for r in range(len(a))] for i, a in enumerate(parts)],
+                               source={"name": "test"})
+    reader = EmbeddingReader(str(out / "emb"), file_format="npy")
+    assert (reader.count, reader.dimension) == (23, 8)
+    read = np.concatenate([e for e, _ in reader(batch_size=4, start=0, end=reader.count, show_progress=False)])
+    np.testing.assert_array_equal(read, open_shards(out)[0:23].astype(np.float32))
+
+
 def test_a_shard_finished_during_this_run_is_checked_by_size_one_from_before_by_content(tmp_path, capsys):
     out = write_feature_shards(tmp_path / "f", [np.ones((5, 4), np.float32)], [list("abcde")],
                                source={"name": "test"}, dtype="float32")
