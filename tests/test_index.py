@@ -186,6 +186,28 @@ def test_the_readme_path_embed_shards_build_an_index_attribute(tiny_root, tmp_pa
     assert "neither flat, ivf, hnsw nor an index folder" in capsys.readouterr().err
 
 
+def test_a_contact_sheet_of_a_tar_gallery_shows_the_samples_read_back_by_key(tiny_root, tmp_path, capsys):
+    from test_shards import make_shards
+
+    jpgs = sorted((tiny_root / "dataset").rglob("*.jpg"))
+    make_shards(jpgs[:24], tmp_path / "tars", per_shard=10)
+    common = ["--image-size", "32", "--batch-size", "8"]
+    assert main(["embed", str(tmp_path / "tars"), "--shards", str(tmp_path / "shards"), *common]) == 0
+    assert main(["index", "build", str(tmp_path / "shards"), "--out", str(tmp_path / "idx"), "--memory", "1GB"]) == 0
+    args = ["attribute", "--gallery", str(tmp_path / "shards"), "--index", str(tmp_path / "idx"), "--query",
+            str(jpgs[3]), "--top", "3", "--shortlist", "24", "--sheet", str(tmp_path / "sheet.html"),
+            "--out", str(tmp_path / "a.json"), *common]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    sheet = (tmp_path / "sheet.html").read_text()
+    assert sheet.count("<img") == 4 and all(f"{r['gallery']}</td>" in sheet for r in rows)
+    assert rows[0]["gallery"] == "000000003" and rows[0]["score"] > 0.999  # the query's own image, by its key
+    shutil.move(tmp_path / "tars", tmp_path / "moved")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "the contact sheet shows its images: put it back, or leave out --sheet" in capsys.readouterr().err
+
+
 def test_metrics_through_an_exact_index_equal_the_official_metric(shards, tmp_path):
     """An index over distractors and exemplars: Flat with a shortlist of the whole gallery reproduces abc_metrics;
     a short shortlist through IVF stays close."""

@@ -232,7 +232,12 @@ def _print_attribution(args: argparse.Namespace, result, encoder, record: dict) 
     if args.sheet:
         from ada_utils.eval.attribute import contact_sheet
 
-        print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root)}")
+        images = None
+        if result.gallery_rows is not None:  # a shard gallery: the tars' samples, read back by key
+            from ada_utils.encoders.sharded import open_shards, shard_images
+
+            images = shard_images(open_shards(args.gallery), result.gallery_rows)
+        print(f"wrote {contact_sheet(result, args.sheet, image_root=args.image_root, images=images)}")
     if args.out:
         from ada_utils.files import write_json
 

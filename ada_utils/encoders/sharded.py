@@ -186,17 +186,20 @@ def _embed_one(encoder: nn.Module, shard: ShardInput, out: Path, plan: dict, bat
             bar.update(len(pending))
             flush()
     feats = np.concatenate(rows) if rows else np.zeros((0, encoder.dim), dtype=plan["dtype"])
-    write_shard(out, shard.name, feats, ids, skipped=skipped, seconds=time.perf_counter() - start, rank=rank)
+    write_shard(out, shard.name, feats, ids, skipped=skipped, seconds=time.perf_counter() - start, rank=rank,
+                tar=shard.tar)
 
 
 def write_shard(out: Path, name: str, feats: np.ndarray, ids: list[str], *, skipped: list[str] = (),
-                seconds: float = 0.0, rank: int = 0) -> None:
-    """Write one finished shard: its array, then its ids file (the mark that it is done)."""
+                seconds: float = 0.0, rank: int = 0, tar: Path | None = None) -> None:
+    """Write one finished shard: its array, then its ids file (the mark that it is done; ``tar``: the input tar
+    its ids are keys of, so that its images can be shown later)."""
     if len(feats) != len(ids):
         raise ValueError(f"shard {name}: {len(feats)} rows for {len(ids)} ids")
     emb = save_npy(out / "emb" / f"{name}.npy", feats)
     write_json(out / "ids" / f"{name}.json", {"ids": list(ids), "skipped": list(skipped), "emb": file_record(emb),
-                                              "seconds": round(seconds, 3), "rank": rank})
+                                              "seconds": round(seconds, 3), "rank": rank,
+                                              "tar": None if tar is None else str(Path(tar).resolve())})
 
 
 def write_feature_shards(out: str | Path, arrays: Iterable[np.ndarray], ids: Iterable[Sequence[str]], *,
@@ -306,6 +309,28 @@ class ShardedFeatures:
             hit = shard == s
             out[hit] = self.arrays[s][index[hit] - starts[s]]
         return out
+
+
+def shard_images(feats: ShardedFeatures, rows: Sequence[int]) -> dict[str, Any]:
+    """The images of gallery ``rows`` embedded from tars, by id, read back from those tars (streamed, each read up to
+    its last wanted key); rows embedded from image files are left out (their ids are the images' paths)."""
+    by_shard: dict[int, set[str]] = {}
+    for row in rows:
+        by_shard.setdefault(int(np.searchsorted(feats.ids.starts, row, side="right") - 1), set()).add(feats.ids[row])
+    found = {}
+    for s, wanted in by_shard.items():
+        tar = read_json(feats.path / "ids" / f"{feats.ids.names[s]}.json").get("tar")
+        if tar is None:
+            continue
+        if not Path(tar).is_file():
+            raise FileNotFoundError(f"{tar}: the tar shard {feats.ids.names[s]} was embedded from is not there, and "
+                                    "the contact sheet shows its images: put it back, or leave out --sheet")
+        for key, data in read_shard(tar):
+            if key in wanted:
+                found[key] = decode_image(data, f"{tar}:{key}")
+                if wanted <= found.keys():
+                    break
+    return found
 
 
 def open_shards(folder: str | Path) -> ShardedFeatures:

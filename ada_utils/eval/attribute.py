@@ -45,6 +45,7 @@ class Attribution:
     influence: np.ndarray | None = None
     rest: np.ndarray | None = None
     outside: np.ndarray | None = None  # with an index: the bound on the share outside the shortlist
+    gallery_rows: np.ndarray | None = None  # with an index: each gallery id's row in the shard folder
 
     def rows(self) -> list[dict]:
         """One dict per (query, rank): ``query``, ``rank`` (1-based), ``score`` (cosine), ``gallery``, and
@@ -172,7 +173,7 @@ def attribute_with_index(query_feats: np.ndarray, index: faiss.Index, gallery: A
     scores, candidates = np.take_along_axis(scores, order, 1), np.take_along_axis(candidates, order, 1)
     rows = np.unique(candidates[:, :top][candidates[:, :top] >= 0])
     local = np.where(candidates[:, :top] >= 0, np.searchsorted(rows, candidates[:, :top]), -1)
-    result = Attribution(list(query_ids), [gallery.ids[r] for r in rows], scores[:, :top], local)
+    result = Attribution(list(query_ids), [gallery.ids[r] for r in rows], scores[:, :top], local, gallery_rows=rows)
     if calibrator is not None:
         result.influence, result.rest, result.outside = shortlist_influence(calibrator, scores, n, top)
     return result
@@ -219,8 +220,8 @@ def calibrated_influence(calibrator: Calibrator, q: np.ndarray, g: np.ndarray, i
     return influence, np.clip(1.0 - influence.sum(axis=1), 0.0, 1.0)  # no -0.0 from rounding
 
 
-def _thumbnail(path: Path, size: int) -> str:
-    img = load_image(path)
+def _thumbnail(img: Any, size: int) -> str:
+    img = img.copy()
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
@@ -229,17 +230,20 @@ def _thumbnail(path: Path, size: int) -> str:
 
 def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Path | None = None,
                   highlight: dict[str, set[str]] | None = None, max_queries: int = 8, max_matches: int = 8,
-                  size: int = 128) -> Path:
+                  size: int = 128, images: dict[str, Any] | None = None) -> Path:
     """Write the queries and their top matches as ``.png`` (matplotlib grid) or ``.html`` (self-contained).
 
-    Ids are image paths, resolved against ``image_root`` when relative. ``highlight`` maps a query id to gallery
-    ids to frame (e.g. the exemplars of the query's own model).
+    Ids are image paths, resolved against ``image_root`` when relative, unless ``images`` holds their image (the
+    samples of tar shards, :func:`ada_utils.encoders.sharded.shard_images`). ``highlight`` maps a query id to
+    gallery ids to frame (e.g. the exemplars of the query's own model).
     """
     out = Path(out)
-    marked = highlight or {}
+    marked, held = highlight or {}, images or {}
 
-    def path(id_: str) -> Path:
-        return Path(image_root) / id_ if image_root is not None and not Path(id_).is_absolute() else Path(id_)
+    def image(id_: str) -> Any:
+        if id_ in held:
+            return held[id_]
+        return load_image(Path(image_root) / id_ if image_root is not None and not Path(id_).is_absolute() else id_)
 
     soft = result.influence is not None
 
@@ -253,9 +257,9 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
     if out.suffix.lower() == ".html":
         cells = []
         for (q, matches), head in zip(rows, heads):
-            tds = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(q), size)}"><br><b>{head}</b><br>'
+            tds = [f'<td><img src="data:image/jpeg;base64,{_thumbnail(image(q), size)}"><br><b>{head}</b><br>'
                    f"{html.escape(Path(q).name)}</td>"]
-            tds += [f'<td><img src="data:image/jpeg;base64,{_thumbnail(path(g), size)}"'
+            tds += [f'<td><img src="data:image/jpeg;base64,{_thumbnail(image(g), size)}"'
                     f'{FRAME_HTML if g in marked.get(q, ()) else ""}><br>#{r + 1} '
                     f"{s}<br>{html.escape(Path(g).name)}</td>" for r, (g, s) in enumerate(matches)]
             cells.append(f"<tr>{''.join(tds)}</tr>")
@@ -276,7 +280,7 @@ def contact_sheet(result: Attribution, out: str | Path, *, image_root: str | Pat
             ax.set_frame_on(False)
         for ax, (img_id, title) in zip(ax_row, [(q, head)] + [(g, f"#{r + 1}  {s}")
                                                                for r, (g, s) in enumerate(matches)]):
-            ax.imshow(load_image(path(img_id)))
+            ax.imshow(image(img_id))
             ax.set_title(title, fontsize=8)
             if img_id in marked.get(q, ()):
                 ax.set_frame_on(True)
