@@ -11,7 +11,7 @@ from PIL import Image
 from test_embed import TinyEncoder, _mini_root
 
 from ada_utils.cli import eval as cli_eval
-from ada_utils.eval.attribute import Attribution, attribute, build_index, contact_sheet
+from ada_utils.eval.attribute import Attribution, attribute, contact_sheet, in_memory_index
 
 
 def _cosine_topk(q, g, k):
@@ -36,13 +36,13 @@ def test_flat_index_is_exact_cosine_search():
 def test_approximate_indexes_find_the_gallery_item_itself(kind):
     rng = np.random.default_rng(1)
     g = rng.normal(size=(2000, 16)).astype(np.float32)
-    scores, idx = build_index(g, kind=kind).search(g[:50] / np.linalg.norm(g[:50], axis=1, keepdims=True), 1)
+    scores, idx = in_memory_index(g, kind=kind).search(g[:50] / np.linalg.norm(g[:50], axis=1, keepdims=True), 1)
     assert (idx[:, 0] == np.arange(50)).mean() >= 0.9 and scores.max() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="kind='lsh'"):
-        build_index(np.ones((3, 2)), kind="lsh")
+        in_memory_index(np.ones((3, 2)), kind="lsh")
     with pytest.raises(ValueError, match="D=3 but gallery_feats D=2"):
         attribute(np.ones((1, 3)), np.ones((4, 2)), query_ids=["q"], gallery_ids=list("abcd"))
 

@@ -95,7 +95,7 @@ def _normalised(feats: np.ndarray) -> np.ndarray:
     return x
 
 
-def build_index(gallery_feats: np.ndarray, *, kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
+def in_memory_index(gallery_feats: np.ndarray, *, kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
                 hnsw_m: int = 32, seed: int = 0) -> faiss.Index:
     """A faiss inner-product index over L2-normalised (N, D) gallery features.
 
@@ -163,12 +163,11 @@ def attribute_with_index(query_feats: np.ndarray, index: faiss.Index, gallery: A
         raise ValueError(f"the index holds {index.ntotal:,} vectors of D={index.d}, the gallery {n:,} of "
                          f"D={gallery.arrays[0].shape[1]} and the queries D={query_feats.shape[1]}: build the index "
                          "from this shard folder with the same encoder")
+    from ada_utils.eval.index import rescore
+
     q = _normalised(query_feats)
     candidates = index.search(q, min(shortlist, n))[1]
-    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-    for i, row in enumerate(candidates):
-        found = row[row >= 0]
-        scores[i, :len(found)] = _normalised(gallery.rows_at(found)) @ q[i]
+    scores = rescore(gallery, q, candidates)
     order = np.argsort(-scores, axis=1, kind="stable")
     scores, candidates = np.take_along_axis(scores, order, 1), np.take_along_axis(candidates, order, 1)
     rows = np.unique(candidates[:, :top][candidates[:, :top] >= 0])

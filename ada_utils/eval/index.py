@@ -345,6 +345,16 @@ def _tune(index: Any, feats: Any, target: float, n_queries: int, seed: int, max_
     return {"name": name, "value": chosen[name]}, curve
 
 
+def rescore(gallery: Any, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Exact cosine of each unit query with its shortlist (``candidates``: rows of the shard folder ``gallery``, -1
+    where the index found fewer), read from the stored features: ``(Q, K')``, -inf at the -1s."""
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    for i, row in enumerate(candidates):
+        found = row >= 0
+        scores[i, found] = _unit(gallery.rows_at(row[found])) @ queries[i]
+    return scores
+
+
 def metrics_through_index(index: Any, gallery: Any, n_distractors: int, exemplar_rows: np.ndarray,
                           exemplar_model: np.ndarray, query_feats: np.ndarray, query_model: np.ndarray, *,
                           shortlist: int = 1000, ks: tuple[int, ...] = (5, 10, 100)) -> dict:
@@ -364,14 +374,14 @@ def metrics_through_index(index: Any, gallery: Any, n_distractors: int, exemplar
     which = dict(zip(exemplar_rows.tolist(), range(len(exemplar_rows))))  # gallery row -> exemplar index
     candidates = index.search(q, min(shortlist, gallery.rows))[1]
     ap, rec = np.zeros(len(q)), {k: np.zeros(len(q)) for k in ks}
-    for i, row in enumerate(candidates):
-        row = row[row >= 0]
+    for i, (row, scores) in enumerate(zip(candidates, rescore(gallery, q, candidates))):
+        row, scores = row[row >= 0], scores[row >= 0]
         ex = np.array([which.get(r, -1) for r in row.tolist()], dtype=np.int64)
         own_total = int((exemplar_model == query_model[i]).sum())
-        distractor = row[row < n_distractors]
-        own = np.sort(ex[(ex >= 0) & (exemplar_model[ex.clip(0)] == query_model[i])])
-        scores = _unit(gallery.rows_at(np.concatenate([distractor, exemplar_rows[own]]))) @ q[i]
-        pos = np.flatnonzero(rank_gallery(scores[:len(distractor)], scores[len(distractor):]) >= len(distractor)) + 1
+        distractor = scores[row < n_distractors]
+        mine = (ex >= 0) & (exemplar_model[ex.clip(0)] == query_model[i])
+        own = scores[mine][np.argsort(ex[mine], kind="stable")]  # in exemplar order: the official tie rule
+        pos = np.flatnonzero(rank_gallery(distractor, own) >= len(distractor)) + 1
         ap[i] = np.sum(np.arange(1, len(pos) + 1) / pos) / own_total
         for k in ks:
             rec[k][i] = np.sum(pos <= k) / own_total
