@@ -257,6 +257,13 @@ def copy_record(folder: str | Path, name: str, to: str | Path) -> None:
         _set_record(Path(folder), str(to), {k: record[k] for k in ("bytes", "sha256")})
 
 
+def matches_record_of(path: str | Path, name: str) -> bool:
+    """Whether ``path`` matches the record that ``checksums.json`` beside it holds for the file ``name``."""
+    path = Path(path)
+    record = _records(path.parent).get(name)
+    return record is not None and check_record(path, record) is None
+
+
 def recorded_damage(path: str | Path) -> str | None:
     """Why ``path`` no longer matches its record in ``checksums.json`` beside it (None: intact, or no record)."""
     path = Path(path)

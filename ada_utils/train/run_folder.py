@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
-from ada_utils.files import (DamagedFileError, copy_record, ensure_space, recorded_damage, save_safetensors,
-                             space_errors)
+from ada_utils.files import (DamagedFileError, copy_record, ensure_space, matches_record_of, recorded_damage,
+                             save_safetensors, space_errors)
 from ada_utils.heads import DomainHeads
 from ada_utils.train.config import RESUME_FREE
 
@@ -183,11 +183,7 @@ def checkpoint_step(path: Path) -> int:
 
 def _was_previous(path: Path) -> bool:
     """Whether ``path`` matches the record of ``checkpoint.prev.safetensors`` (then it becomes ``path``'s record)."""
-    from ada_utils.files import CHECKSUMS, check_record, read_json
-
-    index = path.parent / CHECKSUMS
-    records = read_json(index) if index.is_file() else {}
-    if PREV not in records or check_record(path, records[PREV]) is not None:
+    if not matches_record_of(path, PREV):
         return False
     copy_record(path.parent, PREV, path.name)
     return True
