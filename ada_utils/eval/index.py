@@ -20,8 +20,9 @@ shard's vectors; ``in_memory=True`` builds one index in RAM instead (the same ve
 search parameter (``nprobe``, or ``efSearch``) is the smallest whose 10-recall@10 against exact search reaches
 ``target_recall`` on ``n_queries`` vectors drawn from the gallery (each finds itself in both searches; the
 attribution a user cares about is measured by ``bench/bench_index.py``); under a query-time bound
-(``max_ms_per_query``, as autofaiss tunes) it is the one of highest recall among those within the bound. The inverted-list file is named
-beside ``index.faiss`` and opened from there, so the folder can be moved or shared as a whole.
+(``max_ms_per_query``, as autofaiss tunes) it is the one of highest recall among those within the bound. The
+inverted-list file is named beside ``index.faiss`` and opened from there, so the folder can be moved or shared as a
+whole.
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def training_rows(n: int, nlist: int, d: int, build_memory: int) -> tuple[int, s
     wanted = min(n, max(100 * nlist, 39 * 256))
     fits = build_memory // (12 * d)
     if fits >= wanted:
+        if wanted == n < 100 * nlist:
+            return n, f"all {n:,} vectors, fewer than 100 per list: a gallery this small gains little from an " \
+                      "approximate index"
         return wanted, f"min(N, max(100 x {nlist} lists, 9,984))"
     return max(min(fits, n), 1), (f"{fits:,} fit the build memory ({build_memory:,} bytes at 12 x {d} bytes each), "
                                   f"fewer than the {wanted:,} of 100 per list")
