@@ -7,12 +7,14 @@ same first and second moments as real features, none of their cluster structure,
 distractors easier to tell apart from the exemplars than real ones would be (said with the numbers). The gallery
 is written as float16 shards of ``--shard-rows`` (what ``ada embed --shards`` writes).
 
-For each index kind (the memory rules' choice under ``--memory``, and exact Flat and IVF-Flat where they fit): build time, peak
-resident memory of the build (sampled), disk, search latency per query at the tuned parameter, 10-recall@10 on
-500 gallery vectors against exact search, and the attribution kept: the official R@5 and mAP of every test cell
+For each index kind (the memory rules' choice under ``--memory``, and exact Flat and IVF-Flat where they fit): build
+time (and its phases: train, add, merge, tune), peak resident memory of the build (sampled), disk, search latency
+per query at the tuned parameter, 10-recall@10 on 500 gallery vectors against exact search, and the attribution
+kept: the official R@5 and mAP of every test cell (all its queries, or ``--queries-per-cell`` drawn with the seed)
 when the gallery (distractors and exemplars) is searched through the index (each query's shortlist of
 ``--shortlist``, re-ranked exactly: an exemplar it misses is not retrieved) against the exact metric over all
-distractors (:func:`ada_utils.retrieval.abc_metrics`, which stays the official one), as their ratio.
+distractors (:func:`ada_utils.retrieval.abc_metrics`, which stays the official one) on the same queries, as their
+ratio.
 
     python bench/bench_index.py --sizes 100000            # a check (minutes)
     python bench/bench_index.py --sizes 1000000                             # 56 min on 2 cores
@@ -117,7 +119,8 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
     with RssSampler() as rss:
         t = time.perf_counter()
         build_index(gallery_dir, out, memory=memory, progress=False,
-                    factory=None if factory == choose_index(gallery.rows, gallery.shape[1], memory).factory else factory)
+                    factory=None if factory == choose_index(gallery.rows, gallery.shape[1], memory).factory
+                    else factory)
         seconds = time.perf_counter() - t
     params = read_json(out / "params.json")
     index = open_index(out)
@@ -125,7 +128,8 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
     cells = attribution(index, gallery, n_dist, bench, shortlist, per_cell, seed)
     scored = time.perf_counter() - t
     disk = sum(p.stat().st_size for p in out.iterdir())
-    row = {"factory": params["factory"], "rule": params["rule"], "index_bytes": params["index_bytes"], "build_seconds": round(seconds, 1),
+    row = {"factory": params["factory"], "rule": params["rule"], "index_bytes": params["index_bytes"],
+           "build_seconds": round(seconds, 1),
            "build_peak_rss_bytes": int(rss.peak["VmRSS"] * 2**20), "disk_bytes": disk, "disk": human_bytes(disk),
            "search": params["search"], "recall@10": params["recall_curve"][-1]["recall@10"],
            "ms_per_query": params["recall_curve"][-1].get("ms_per_query"), "recall_curve": params["recall_curve"],

@@ -98,7 +98,8 @@ def test_a_query_time_bound_and_a_build_memory_are_kept(shards, tmp_path, capsys
     free = build_index(shards, tmp_path / "free", memory=1 << 30, factory="IVF64,Flat", progress=False)
     loose = build_index(shards, tmp_path / "loose", memory=1 << 30, factory="IVF64,Flat", progress=False,
                         max_ms_per_query=1e9)
-    assert json.loads((loose / "params.json").read_text())["search"] == json.loads((free / "params.json").read_text())["search"]
+    search = [json.loads((f / "params.json").read_text())["search"] for f in (free, loose)]
+    assert search[0] == search[1]
     args = ["index", "build", str(shards), "--factory", "IVF64,Flat", "--max-ms", "1e-9", "--build-memory", "400KB"]
     assert main([*args, "--out", str(tmp_path / "tight")]) == 0
     params = json.loads((tmp_path / "tight" / "params.json").read_text())

@@ -126,8 +126,8 @@ def test_embedding_reader_reads_a_shard_folder_in_row_order(tmp_path):
 
     rng = np.random.default_rng(0)
     parts = [rng.normal(size=(n, 8)).astype(np.float32) for n in (7, 0, 5, 11)]  # an empty shard among them
-    out = write_feature_shards(tmp_path / "f", parts, [[f"{i}-{r}" for r in range(len(a))] for i, a in enumerate(parts)],
-                               source={"name": "test"})
+    ids = [[f"{i}-{r}" for r in range(len(a))] for i, a in enumerate(parts)]
+    out = write_feature_shards(tmp_path / "f", parts, ids, source={"name": "test"})
     reader = EmbeddingReader(str(out / "emb"), file_format="npy")
     assert (reader.count, reader.dimension) == (23, 8)
     read = np.concatenate([e for e, _ in reader(batch_size=4, start=0, end=reader.count, show_progress=False)])
