@@ -20,7 +20,7 @@ def test_the_memory_rules_choose_like_autofaiss():
     assert choose_index(50_000, 768, 4 << 30).factory == "Flat"
     assert choose_index(500_000, 768, 4 << 30).factory == "IVF2048,Flat"  # 4 sqrt(N) = 2828 -> 2^11
     big = choose_index(10_000_000, 768, 4 << 30)  # raw vectors 30.7 GB: 128-byte codes (256 would need 4m > D)
-    assert big.factory == "OPQ128_512,IVF16384_HNSW32,PQ128x8" and big.index_bytes == 10_000_000 * (128 + 8)
+    assert big.factory == "OPQ128_512,IVF16384_HNSW32,PQ128x8np" and big.index_bytes == 10_000_000 * (128 + 8)
     assert choose_index(500_000, 768, 1 << 30).factory.startswith("OPQ")  # 1.5 GB raw > 1 GiB
     with pytest.raises(ValueError, match="too little"):
         choose_index(10_000_000, 768, 10 << 20)
@@ -68,7 +68,7 @@ def shards(tmp_path) -> Path:
     return write_feature_shards(tmp_path / "shards", parts, ids, source={"name": "drawn", "seed": 0})
 
 
-@pytest.mark.parametrize("factory", ["IVF64,Flat", "OPQ8_32,IVF64_HNSW32,PQ8x8"])
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "OPQ8_32,IVF64_HNSW32,PQ8x8np"])
 def test_an_index_merged_on_disk_equals_one_built_in_memory(shards, tmp_path, factory):
     disk = build_index(shards, tmp_path / "disk", memory=1 << 30, factory=factory, progress=False)
     ram = build_index(shards, tmp_path / "ram", memory=1 << 30, factory=factory, in_memory=True, progress=False)
@@ -108,6 +108,17 @@ def test_a_query_time_bound_and_a_build_memory_are_kept(shards, tmp_path, capsys
     assert set(params["seconds"]) == {"train", "add", "merge", "tune"}
     assert "trained on 1,066 vectors for 64 lists (faiss asks for 39 per list): 1,066 fit the build memory" \
         in capsys.readouterr().err
+
+
+def test_without_polysemous_training_the_codes_find_the_same_neighbours(shards, tmp_path):
+    """``np`` skips only the reordering of the codebooks for Hamming filtering: the same ids and distances."""
+    found = []
+    for factory in ("OPQ8_32,IVF64_HNSW32,PQ8x8", "OPQ8_32,IVF64_HNSW32,PQ8x8np"):
+        out = build_index(shards, tmp_path / factory.replace(",", "_"), memory=1 << 30, factory=factory,
+                          progress=False)
+        found.append(open_index(out).search(_queries(shards), 10))
+    np.testing.assert_array_equal(found[0][1], found[1][1])
+    np.testing.assert_array_equal(found[0][0], found[1][0])
 
 
 def _queries(shards: Path, n: int = 20) -> np.ndarray:
