@@ -8,7 +8,8 @@ distractors easier to tell apart from the exemplars than real ones would be (sai
 is written as float16 shards of ``--shard-rows`` (what ``ada embed --shards`` writes).
 
 For each index kind (the memory rules' choice under ``--memory``, and exact Flat and IVF-Flat where they fit): build
-time (and its phases: train, add, merge, tune), peak resident memory of the build (sampled), disk, search latency
+time (and its phases: train, add, merge, tune), peak resident memory of the build (sampled; VmRSS counts the
+shards' memory-mapped pages, which the kernel may drop, RssAnon only what the build holds), disk, search latency
 per query at the tuned parameter, 10-recall@10 on 500 gallery vectors against exact search, and the attribution
 kept: the official R@5 and mAP of every test cell (all its queries, or ``--queries-per-cell`` drawn with the seed)
 when the gallery (distractors and exemplars) is searched through the index (each query's shortlist of
@@ -130,7 +131,8 @@ def run_kind(gallery_dir: Path, gallery, n_dist: int, bench, factory: str, memor
     disk = sum(p.stat().st_size for p in out.iterdir())
     row = {"factory": params["factory"], "rule": params["rule"], "index_bytes": params["index_bytes"],
            "build_seconds": round(seconds, 1),
-           "build_peak_rss_bytes": int(rss.peak["VmRSS"] * 2**20), "disk_bytes": disk, "disk": human_bytes(disk),
+           "build_peak_rss_bytes": int(rss.peak["VmRSS"] * 2**20),
+           "build_peak_anon_bytes": int(rss.peak["RssAnon"] * 2**20), "disk_bytes": disk, "disk": human_bytes(disk),
            "search": params["search"], "recall@10": params["recall_curve"][-1]["recall@10"],
            "ms_per_query": params["recall_curve"][-1].get("ms_per_query"), "recall_curve": params["recall_curve"],
            "phase_seconds": params["seconds"], "train_rows": params["train_rows"], "train_rule": params["train_rule"],
@@ -177,6 +179,7 @@ def main() -> None:
                         help="score this many queries of each test cell, drawn with the seed (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the gallery shards (default: a temp)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default=None, help="a remark kept in each row written (e.g. what shared the cores)")
     parser.add_argument("--flat-max-bytes", type=float, default=8e9,
                         help="also build Flat and IVF-Flat when the raw float32 vectors take at most this much")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "index-cpu.json")
@@ -192,6 +195,8 @@ def main() -> None:
     # Rows of other sizes measured before stay in the file (each row says when it was measured).
     kept = [r for r in read_json(args.out)["rows"] if r["size"] not in args.sizes] if args.out.is_file() else []
     rows = []
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             work = Path(tmp)
@@ -207,9 +212,11 @@ def main() -> None:
             for factory in kinds:
                 row = run_kind(gallery_dir, gallery, size, bench, factory, memory, work, args.shortlist,
                                args.queries_per_cell, args.seed)
-                rows.append({"size": size, "dim": real.shape[1], "gallery_seconds": round(made, 1), **row})
+                rows.append({"size": size, "dim": real.shape[1], "gallery_seconds": round(made, 1), **row,
+                             **({"note": args.note} if args.note else {})})
                 print(f"N={size:,} {row['factory']}: build {row['build_seconds']} s, peak "
-                      f"{human_bytes(row['build_peak_rss_bytes'])}, disk {row['disk']}, recall@10 "
+                      f"{human_bytes(row['build_peak_rss_bytes'])} ({human_bytes(row['build_peak_anon_bytes'])} "
+                      f"anonymous), disk {row['disk']}, recall@10 "
                       f"{row['recall@10']:.3f}, {row['ms_per_query']} ms/query, R@5 kept {row['R@5_kept']:.3f}, "
                       f"mAP kept {row['mAP_kept']:.3f}", flush=True)
                 every = sorted(kept + rows, key=lambda r: r["size"])
