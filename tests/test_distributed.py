@@ -220,14 +220,15 @@ def test_sharded_embedding_equals_one_process(tmp_path: Path, one_thread) -> Non
     torch.manual_seed(0)
     one = embed_images(load_encoder("efficientnet_lite0", pretrained=False, image_size=32), paths,
                        cache=tmp_path / "c1", progress=False)
-    np.testing.assert_allclose(np.asarray(results[0]["feats"]), one.feats, atol=1e-5)
+    # Float32 sums in another batch composition and thread count: equal to 1e-5 relative (features reach 1.3)
+    np.testing.assert_allclose(np.asarray(results[0]["feats"]), one.feats, rtol=1e-5, atol=1e-5)
     assert results[0]["feats"] == results[1]["feats"]
     cli_one = embed_images(load_encoder("efficientnet_lite0", image_size=32), paths, cache=tmp_path / "cli1",
                            progress=False)
     from ada_utils.encoders import load_features
 
     cli_two = load_features(tmp_path / "cli2")
-    np.testing.assert_allclose(cli_two.feats, cli_one.feats, atol=1e-5)
+    np.testing.assert_allclose(cli_two.feats, cli_one.feats, rtol=1e-5, atol=1e-5)
     assert cli_two.ids == cli_one.ids and not (tmp_path / "cli2" / "chunks").exists()
 
 
