@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=256, help="sub-quantisers (bytes per code)")
     parser.add_argument("--rows", type=int, default=65_536, help="faiss trains each codebook on 256 x 256 at most")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default=None, help="a remark kept in the result (e.g. what shared the cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pq-training-cpu.json")
     args = parser.parse_args()
     x = np.random.default_rng(args.seed).standard_normal((args.rows, args.dim), dtype=np.float32)
@@ -50,7 +51,7 @@ def main() -> None:
     write_json(args.out, {"dim": args.dim, "m": args.m, "rows": args.rows, "seed": args.seed,
                           "seconds_plain": round(plain, 1), "seconds_polysemous": round(poly, 1),
                           "measured": time.strftime("%Y-%m-%d"), "hardware": hardware(),
-                          "libraries": library_versions()})
+                          "libraries": library_versions(), **({"note": args.note} if args.note else {})})
 
 
 if __name__ == "__main__":
