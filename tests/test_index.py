@@ -1,10 +1,13 @@
 """The index over feature shards: the memory rules, an index merged on disk equal to one built in memory, the
-folder movable, and the command line."""
+folder movable, a killed build resumed, and the command line."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from ada_utils.cli import main
 from ada_utils.encoders.sharded import open_shards, write_feature_shards
+from ada_utils.files import locked
 from ada_utils.eval.index import (build_index, choose_index, exact_search, knn_recall, open_index, parse_bytes,
                                   training_rows)
 
@@ -119,6 +123,55 @@ def test_without_polysemous_training_the_codes_find_the_same_neighbours(shards, 
         found.append(open_index(out).search(_queries(shards), 10))
     np.testing.assert_array_equal(found[0][1], found[1][1])
     np.testing.assert_array_equal(found[0][0], found[1][0])
+
+
+_KILLED_AFTER_TWO_PARTS = """
+import os, signal, sys
+from ada_utils.eval import index
+write = index._write_index
+def write_then_die(part, path):
+    write(part, path)
+    if path.name == "00001.index":  # the second shard's part is on disk, the third is not
+        os.kill(os.getpid(), signal.SIGKILL)
+index._write_index = write_then_die
+index.build_index(sys.argv[1], sys.argv[2], memory=1 << 30, factory=sys.argv[3], progress=False)
+"""
+PQ = "OPQ8_32,IVF64_HNSW32,PQ8x8np"
+
+
+def test_a_build_killed_after_two_parts_resumes_them_and_equals_an_uninterrupted_one(shards, tmp_path, capsys):
+    """A real SIGKILL in the fill (sent by the build to itself, so the test never races it): the same command keeps
+    the trained index and both parts, fills the third, and finds what an uninterrupted build finds."""
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_TWO_PARTS, str(shards), str(out), PQ],
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["00000.index", "00001.index"]  # whole files only
+    build_index(shards, out, memory=1 << 30, factory=PQ, progress=False)
+    assert "resuming the interrupted build's trained" in capsys.readouterr().err
+    params = json.loads((out / "params.json").read_text())
+    assert params["resumed"] == {"train": True, "parts": 2} and params["train_rows"] == 7000
+    assert not (out / "parts").exists() and not (out / "trained.index").exists()
+    whole = build_index(shards, tmp_path / "whole", memory=1 << 30, factory=PQ, progress=False)
+    assert json.loads((whole / "params.json").read_text())["resumed"] is None
+    (da, ia), (db, ib) = (open_index(o).search(_queries(shards), 10) for o in (out, whole))
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_array_equal(da, db)
+
+
+def test_an_interrupted_build_of_other_settings_is_not_resumed(shards, tmp_path, capsys):
+    out = tmp_path / "idx"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_TWO_PARTS, str(shards), str(out), PQ],
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    build_index(shards, out, memory=1 << 30, factory=PQ, seed=1, progress=False)
+    assert "other settings or shards" in capsys.readouterr().err
+    assert json.loads((out / "params.json").read_text())["resumed"] is None
+
+
+def test_a_second_build_into_a_folder_being_built_is_refused(shards, tmp_path):
+    with locked(tmp_path / "idx"), pytest.raises(FileExistsError, match="another `ada index build`"):
+        build_index(shards, tmp_path / "idx", memory=1 << 30, factory=PQ, progress=False)
 
 
 def _queries(shards: Path, n: int = 20) -> np.ndarray:

@@ -46,5 +46,7 @@ def _build(args: argparse.Namespace) -> int:
     print(f"{params['factory']} over {params['rows']:,} vectors in {out} ({params['rule']}); "
           f"10-recall@10 {params['recall_curve'][-1]['recall@10']:.3f}"
           + (f" at {search['name']}={search['value']}" if search else "") + f", built in {params['build_seconds']} s ("
-          + ", ".join(f"{phase} {s} s" for phase, s in params["seconds"].items()) + ")")
+          + ", ".join(f"{phase} {s} s" for phase, s in params["seconds"].items()) + ")"
+          + (f"; resumed: training and {params['resumed'].get('parts', 0)} parts kept from the interrupted build"
+             if params["resumed"] else ""))
     return 0

@@ -24,14 +24,17 @@ search parameter (``nprobe``, or ``efSearch``) is the smallest whose 10-recall@1
 attribution a user cares about is measured by ``bench/bench_index.py``); under a query-time bound
 (``max_ms_per_query``, as autofaiss tunes) it is the one of highest recall among those within the bound. The
 inverted-list file is named beside ``index.faiss`` and opened from there, so the folder can be moved or shared as a
-whole.
+whole. A killed build loses at most one shard's part: the trained index is saved before filling starts and each
+part is written atomically, and the same command resumes from them (other settings or shards train afresh).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -41,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ada_utils.files import ensure_space, read_json, write_json
+from ada_utils.files import ensure_space, locked, read_json, write_atomic, write_json
 
 FLAT_MAX = 100_000
 IVF_FLAT_MAX = 1_000_000
@@ -190,9 +193,11 @@ def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: st
     """Build the index of the shard folder ``shards`` into ``out`` (``index.faiss``, ``params.json``).
 
     ``memory`` bounds the index at query time (the rules), ``build_memory`` the training sample (default: half of
-    the memory available now); ``params.json`` records the seconds of each phase (train, add, merge, tune)."""
+    the memory available now); ``params.json`` records the seconds of each phase (train, add, merge, tune).
+    A build killed after training resumes when run again with the same settings on the same shards: the trained
+    index and the parts already written are kept (``params.json`` says ``resumed``; its seconds of training are the
+    earlier run's, ``build_seconds`` this run's)."""
     import faiss
-    from tqdm.auto import tqdm
 
     from ada_utils.encoders.sharded import open_shards
 
@@ -206,43 +211,76 @@ def build_index(shards: str | Path, out: str | Path, *, memory: int, factory: st
     # Fast-scan codes sit in blocked lists, which faiss cannot merge on disk: those are built in memory.
     on_disk = ivf is not None and not in_memory and not type(faiss.downcast_index(ivf)).__name__.endswith("FastScan")
     build_memory = available_memory() // 2 if build_memory is None else build_memory
-    train_rows, train_rule, seconds = 0, None, {}
-    if not index.is_trained:
-        t = time.perf_counter()
-        count, train_rule = training_rows(n, ivf.nlist if ivf is not None else 0, d, build_memory)
-        sample = _sample(feats, count, seed)
-        train_rows = len(sample)
-        if ivf is not None and train_rows < 39 * ivf.nlist:
-            print(f"[index] {choice.factory}: trained on {train_rows:,} vectors for {ivf.nlist} lists (faiss asks for "
-                  f"39 per list): {train_rule}", file=sys.stderr)
-        with _quiet():
-            index.train(sample)
-        del sample
-        seconds["train"] = round(time.perf_counter() - t, 2)
+    with locked(out, refuse=f"{out}: another `ada index build` is writing this folder; wait for it or pass "
+                            "another --out"):
+        index, trained = _trained(feats, out, choice, index, build_memory, seed)
+        seconds = {"train": trained["train_seconds"]} if "train_seconds" in trained else {}
+        seconds.update(_fill(index, feats, out, on_disk=on_disk, resumed=trained["resumed"], progress=progress))
+        index, t = open_index(out, params=False), time.perf_counter()
+        param, curve = _tune(index, feats, target_recall, n_queries, seed, max_ms_per_query)
+        seconds["tune"] = round(time.perf_counter() - t, 2)
+        params = {"factory": choice.factory, "rule": choice.rule, "rows": n, "dim": d, "memory_budget": memory,
+                  "index_bytes": choice.index_bytes, "on_disk": on_disk, "train_rows": trained["train_rows"],
+                  "train_rule": trained["train_rule"], "build_memory": build_memory, "search": param,
+                  "recall_curve": curve, "target_recall": target_recall, "max_ms_per_query": max_ms_per_query, "n_queries": n_queries,
+                  "seed": seed, "build_seconds": round(time.perf_counter() - t0, 2), "seconds": seconds,
+                  "shards": str(Path(shards)), "encoder": feats.manifest.get("encoder"),
+                  "dtype": feats.manifest.get("dtype"), "resumed": trained["resumed"]}
+        write_json(out / "params.json", params)
+        for name in (TRAINED, STATE):
+            (out / name).unlink(missing_ok=True)
+        return out
+
+
+def _fill(index: Any, feats: Any, out: Path, *, on_disk: bool, resumed: dict | None, progress: bool) -> dict:
+    """Add every shard (in RAM, or as parts merged on disk, reusing a resumed build's parts and counting them in
+    ``resumed``); the seconds of the phases."""
+    import faiss
+    from tqdm.auto import tqdm
+
     offsets = np.cumsum([0] + [len(a) for a in feats.arrays])
-    bar = tqdm(total=n, desc="index", unit="vec", disable=not progress)
-    t = time.perf_counter()
-    if not on_disk:
+    with tqdm(total=feats.rows, desc="index", unit="vec", disable=not progress) as bar:
+        if on_disk:
+            seconds, reused = _build_on_disk(index, feats, offsets, out, bar, reuse=resumed is not None)
+            if resumed is not None:
+                resumed["parts"] = reused
+            return seconds
+        t, with_ids = time.perf_counter(), _ivf(index) is not None
         for s, arr in enumerate(feats.arrays):
-            _add(index, arr, offsets[s], ivf is not None)
+            _add(index, arr, offsets[s], with_ids)
             bar.update(len(arr))
         faiss.write_index(index, str(out / "index.faiss"))
-        seconds["add"] = round(time.perf_counter() - t, 2)
-    else:
-        seconds.update(_build_on_disk(index, feats, offsets, out, bar))
-    bar.close()
-    index, t = open_index(out, params=False), time.perf_counter()
-    param, curve = _tune(index, feats, target_recall, n_queries, seed, max_ms_per_query)
-    seconds["tune"] = round(time.perf_counter() - t, 2)
-    params = {"factory": choice.factory, "rule": choice.rule, "rows": n, "dim": d, "memory_budget": memory,
-              "index_bytes": choice.index_bytes, "on_disk": on_disk, "train_rows": train_rows,
-              "train_rule": train_rule, "build_memory": build_memory, "search": param, "recall_curve": curve,
-              "target_recall": target_recall, "max_ms_per_query": max_ms_per_query, "n_queries": n_queries,
-              "seed": seed, "build_seconds": round(time.perf_counter() - t0, 2), "seconds": seconds,
-              "shards": str(Path(shards)), "encoder": feats.manifest.get("encoder"),
-              "dtype": feats.manifest.get("dtype")}
-    write_json(out / "params.json", params)
-    return out
+        return {"add": round(time.perf_counter() - t, 2)}
+
+
+def _trained(feats: Any, out: Path, choice: IndexChoice, index: Any, build_memory: int, seed: int
+             ) -> tuple[Any, dict]:
+    """The trained index and how it was trained: resumed from the state an interrupted build of the same index over
+    the same shards left in ``out``, or trained now on the sample of the rules (and that state saved first)."""
+    import faiss
+
+    n, d, ivf = feats.rows, int(feats.manifest["dim"]), _ivf(index)
+    key = {"factory": choice.factory, "rows": n, "dim": d, "seed": seed, "shards": _shards_identity(feats)}
+    if index.is_trained:
+        return index, {"train_rows": 0, "train_rule": None, "resumed": None}
+    state = _resumed_state(out, key)
+    if state is not None:
+        print(f"[index] {out}: resuming the interrupted build's trained {choice.factory} ({state['train_rows']:,} "
+              f"training vectors, {state['train_seconds']:.0f} s of training kept)", file=sys.stderr)
+        return faiss.read_index(str(out / TRAINED)), {**state, "resumed": {"train": True}}
+    t = time.perf_counter()
+    count, train_rule = training_rows(n, ivf.nlist if ivf is not None else 0, d, build_memory)
+    sample = _sample(feats, count, seed)
+    if ivf is not None and len(sample) < 39 * ivf.nlist:
+        print(f"[index] {choice.factory}: trained on {len(sample):,} vectors for {ivf.nlist} lists (faiss asks for "
+              f"39 per list): {train_rule}", file=sys.stderr)
+    with _quiet():
+        index.train(sample)
+    state = {"key": key, "train_rows": len(sample), "train_rule": train_rule,
+             "train_seconds": round(time.perf_counter() - t, 2)}
+    del sample
+    _save_trained(out, index, state)
+    return index, {**state, "resumed": None}
 
 
 def _ivf(index: Any) -> Any:
@@ -262,22 +300,27 @@ def _add(index: Any, arr: np.ndarray, start: int, with_ids: bool) -> None:
         index.add(x)
 
 
-def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar: Any) -> dict:
-    """One part per shard in ``parts/``, merged into ``index.ivfdata`` (read memory-mapped at query time);
-    returns the seconds of the two phases."""
+def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar: Any, *, reuse: bool
+                   ) -> tuple[dict, int]:
+    """One part per shard in ``parts/`` (each written atomically; with ``reuse``, the parts an interrupted build of
+    the same trained index left are kept), merged into ``index.ivfdata`` (read memory-mapped at query time);
+    returns the seconds of the two phases and the number of parts reused."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
     t, parts = time.perf_counter(), out / "parts"
     parts.mkdir(exist_ok=True)
-    names = []
+    names, reused = [], 0
     for s, arr in enumerate(feats.arrays):
-        part = faiss.clone_index(trained)
-        _add(part, arr, offsets[s], True)
         names.append(str(parts / f"{s:05d}.index"))
-        faiss.write_index(part, names[-1])
+        if reuse and Path(names[-1]).is_file():
+            reused += 1
+        else:
+            part = faiss.clone_index(trained)
+            _add(part, arr, offsets[s], True)
+            _write_index(part, Path(names[-1]))
+            del part
         bar.update(len(arr))
-        del part
     added, t = round(time.perf_counter() - t, 2), time.perf_counter()
     (out / IVFDATA).unlink(missing_ok=True)
     with _quiet():
@@ -286,10 +329,50 @@ def _build_on_disk(trained: Any, feats: Any, offsets: np.ndarray, out: Path, bar
     for name in names:
         Path(name).unlink()
     parts.rmdir()
-    return {"add": added, "merge": round(time.perf_counter() - t, 2)}
+    return {"add": added, "merge": round(time.perf_counter() - t, 2)}, reused
+
+
+def _write_index(index: Any, path: Path) -> None:
+    """``faiss.write_index``, atomically (a killed build leaves whole files only, which a resumed one keeps)."""
+    import faiss
+
+    write_atomic(path, lambda fh: fh.write(memoryview(faiss.serialize_index(index))))
+
+
+def _shards_identity(feats: Any) -> str:
+    """What an interrupted build must have read to be resumed: the manifest, and each array's size and mtime
+    (re-embedded shards change them)."""
+    digest = hashlib.sha256((Path(feats.path) / "manifest.json").read_bytes())
+    for shard in feats.manifest["shards"]:
+        st = (Path(feats.path) / "emb" / f"{shard['name']}.npy").stat()
+        digest.update(f"{shard['name']}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def _resumed_state(out: Path, key: dict) -> dict | None:
+    """The trained state an interrupted build of the same index over the same shards left in ``out``, or None
+    (another build's state is discarded, with its parts, and the line says so)."""
+    if not (out / STATE).is_file() or not (out / TRAINED).is_file():
+        return None
+    state = read_json(out / STATE)
+    if state.get("key") == key:
+        return state
+    print(f"[index] {out}: an interrupted build of other settings or shards left its trained state there; "
+          "training afresh", file=sys.stderr)
+    shutil.rmtree(out / "parts", ignore_errors=True)
+    return None
+
+
+def _save_trained(out: Path, index: Any, state: dict) -> None:
+    """The trained index and what it was trained for, so that a killed build resumes after training."""
+    (out / STATE).unlink(missing_ok=True)  # a kill before the new state is written must not pair the old with
+    shutil.rmtree(out / "parts", ignore_errors=True)  # this index; the parts of an earlier training are not its
+    _write_index(index, out / TRAINED)
+    write_json(out / STATE, state)
 
 
 IVFDATA = "index.ivfdata"
+TRAINED, STATE = "trained.index", "build-state.json"  # an interrupted build's, until it ends
 
 
 def open_index(folder: str | Path, *, params: bool = True, search: dict | None = None) -> Any:
