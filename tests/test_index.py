@@ -4,6 +4,7 @@ folder movable, a killed build resumed, and the command line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -125,8 +126,13 @@ def test_without_polysemous_training_the_codes_find_the_same_neighbours(shards, 
     np.testing.assert_array_equal(found[0][0], found[1][0])
 
 
+_UNINTERRUPTED = """
+import sys
+from ada_utils.eval import index
+index.build_index(sys.argv[1], sys.argv[2], memory=1 << 30, factory=sys.argv[3], progress=False)
+"""
 _KILLED_AFTER_TWO_PARTS = """
-import os, signal, sys
+import os, signal
 from ada_utils.eval import index
 write = index._write_index
 def write_then_die(part, path):
@@ -134,22 +140,23 @@ def write_then_die(part, path):
     if path.name == "00001.index":  # the second shard's part is on disk, the third is not
         os.kill(os.getpid(), signal.SIGKILL)
 index._write_index = write_then_die
-index.build_index(sys.argv[1], sys.argv[2], memory=1 << 30, factory=sys.argv[3], progress=False)
-"""
-_UNINTERRUPTED = """
-import sys
-from ada_utils.eval import index
-index.build_index(sys.argv[1], sys.argv[2], memory=1 << 30, factory=sys.argv[3], progress=False)
-"""
+""" + _UNINTERRUPTED
 PQ = "OPQ8_32,IVF64_HNSW32,PQ8x8np"
+
+
+def _build_in_one_thread(script: str, shards: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run a build script in a fresh process with one OpenMP thread: faiss adds the HNSW quantizer's centroids in
+    parallel, so with more threads the graph, and the lists vectors land in, depend on their interleaving."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script, str(shards), str(out), PQ], capture_output=True, text=True,
+                          env=env)
 
 
 def test_a_build_killed_after_two_parts_resumes_them_and_equals_an_uninterrupted_one(shards, tmp_path, capsys):
     """A real SIGKILL in the fill (sent by the build to itself, so the test never races it): the same command keeps
     the trained index and both parts, fills the third, and finds what an uninterrupted build finds."""
     out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_TWO_PARTS, str(shards), str(out), PQ],
-                          capture_output=True, text=True)
+    proc = _build_in_one_thread(_KILLED_AFTER_TWO_PARTS, shards, out)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert sorted(p.name for p in (out / "parts").iterdir()) == ["00000.index", "00001.index"]  # whole files only
     build_index(shards, out, memory=1 << 30, factory=PQ, progress=False)
@@ -157,8 +164,9 @@ def test_a_build_killed_after_two_parts_resumes_them_and_equals_an_uninterrupted
     params = json.loads((out / "params.json").read_text())
     assert params["resumed"] == {"train": True, "parts": 2} and params["train_rows"] == 7000
     assert not (out / "parts").exists() and not (out / "trained.index").exists()
-    whole = tmp_path / "whole"  # trained in a process like the killed one's (threads shape the HNSW quantizer)
-    subprocess.run([sys.executable, "-c", _UNINTERRUPTED, str(shards), str(whole), PQ], check=True)
+    whole = tmp_path / "whole"
+    built = _build_in_one_thread(_UNINTERRUPTED, shards, whole)
+    assert built.returncode == 0, built.stderr
     assert json.loads((whole / "params.json").read_text())["resumed"] is None
     (da, ia), (db, ib) = (open_index(o).search(_queries(shards), 10) for o in (out, whole))
     np.testing.assert_array_equal(ia, ib)
@@ -167,8 +175,7 @@ def test_a_build_killed_after_two_parts_resumes_them_and_equals_an_uninterrupted
 
 def test_an_interrupted_build_of_other_settings_is_not_resumed(shards, tmp_path, capsys):
     out = tmp_path / "idx"
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_TWO_PARTS, str(shards), str(out), PQ],
-                          capture_output=True, text=True)
+    proc = _build_in_one_thread(_KILLED_AFTER_TWO_PARTS, shards, out)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     build_index(shards, out, memory=1 << 30, factory=PQ, seed=1, progress=False)
     assert "other settings or shards" in capsys.readouterr().err
